@@ -1,0 +1,46 @@
+"""Typed errors. Every message names what was wrong and what would be valid."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeviceError",
+    "ImageError",
+    "ModelError",
+    "NodeError",
+    "NumericalError",
+    "OnnxCamError",
+    "OutputError",
+]
+
+
+class OnnxCamError(Exception):
+    """Base class of every error onnxcam raises on purpose."""
+
+
+class ModelError(OnnxCamError):
+    """The model file is missing, unreadable, not ONNX, or cannot take an image."""
+
+
+class NodeError(OnnxCamError):
+    """The requested node is unknown, not a spatial feature map, or cannot be exposed."""
+
+
+class ImageError(OnnxCamError):
+    """The image is missing, not an image, truncated, or of an unusable size."""
+
+
+class OutputError(OnnxCamError):
+    """The output folder or a result file cannot be written."""
+
+
+class DeviceError(OnnxCamError):
+    """ONNX Runtime is missing, or the requested execution provider cannot serve."""
+
+
+class NumericalError(OnnxCamError):
+    """The model produced NaN or Inf."""
+
+
+class ConfigError(OnnxCamError):
+    """An option has a value outside what is valid."""

@@ -1,0 +1,518 @@
+"""Orchestration: the ``Explainer`` (model, node and session, built once) and its ``Result``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+
+from . import graph, preprocess, scorecam
+from .errors import ConfigError, ModelError
+from .labels import labels_from_metadata, load_labels
+from .preprocess import InputSpec, Normalization
+from .runtime import Session
+from .scorecam import ScoreCamOptions
+from .targets import ClassifierTarget, class_scores, is_distribution, softmax
+
+__all__ = ["BASELINES", "Explainer", "ExplainerConfig", "Result", "version"]
+
+BASELINES = ("none", "zero", "black", "blur")
+PRESET_KEY = "onnxcam.preset"
+DEFAULT_BATCH = 32
+
+
+def version() -> str:
+    """The installed onnxcam version."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("onnxcam")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class ExplainerConfig:
+    """Everything needed to rebuild an Explainer in another process (plain, picklable data)."""
+
+    model: str
+    node: str = "auto"
+    preset: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+    bgr: bool | None = None
+    size: tuple[int, int] | None = None
+    layout: str | None = None
+    baseline: str = "none"
+    batch_size: int | None = None
+    threads: int | None = None
+    device: str = "auto"
+    labels: str | tuple[str, ...] | None = None
+    max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+    options: ScoreCamOptions = field(default_factory=ScoreCamOptions)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One explanation. ``saliency`` is float32 (H, W) in [0, 1] at the image's own size."""
+
+    saliency: np.ndarray
+    image: np.ndarray
+    class_index: int
+    label: str | None
+    score: float
+    top5: tuple[tuple[int, str | None, float], ...]
+    model: str
+    node: str
+    tensor: str
+    channels_total: int
+    channels_used: int
+    channels_skipped: int
+    masked_passes: int
+    provider: str
+    timings: dict[str, float]
+    options: dict[str, Any]
+    source: str | None = None
+    notes: tuple[str, ...] = ()
+    method: str = "scorecam"
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON record of SPEC §5 (no arrays)."""
+        return {
+            "source": self.source,
+            "model": self.model,
+            "node": self.node,
+            "tensor": self.tensor,
+            "class_index": self.class_index,
+            "label": self.label,
+            "score": self.score,
+            "top5": [{"index": i, "label": lbl, "score": s} for i, lbl, s in self.top5],
+            "method": self.method,
+            "options": self.options,
+            "channels_total": self.channels_total,
+            "channels_used": self.channels_used,
+            "channels_skipped": self.channels_skipped,
+            "masked_passes": self.masked_passes,
+            "provider": self.provider,
+            "timings": self.timings,
+            "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],
+            "notes": list(self.notes),
+            "onnxcam_version": version(),
+        }
+
+    def save(self, out_dir: str | Path, *, stem: str | None = None, alpha: float = 0.5) -> dict:
+        """Write overlay PNG, saliency PNG, ``.npy`` map and JSON record; return their paths."""
+        from .render import save_result
+
+        name = stem or (Path(self.source).stem if self.source else "image")
+        return save_result(self, Path(out_dir), name, alpha=alpha)
+
+
+class Explainer:
+    """Explains a classifier's decisions with Score-CAM; the session is built once.
+
+    Args:
+        model: path to the ``.onnx`` file (never modified).
+        node: ``auto``, a node name, or an output tensor name.
+        preset: ``imagenet``, ``caffe``, ``tf``, ``unit`` or ``raw``; default: the model's
+            ``onnxcam.preset`` metadata, else ``imagenet``.
+        mean, std, scale, bgr: override parts of the preset.
+        size: (height, width) when the model's input size is not static.
+        layout: ``NCHW`` or ``NHWC`` to override detection.
+        baseline: ``none``, ``zero``, ``black`` or ``blur`` (SPEC §2 step 5).
+        batch_size: masked passes per run (default: from the model and a memory budget).
+        threads: CPU threads for ONNX Runtime.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        labels: a labels file or a sequence of names (default: the model's metadata).
+        max_pixels: refuse images with more pixels than this.
+        options: the Score-CAM variant (see :class:`ScoreCamOptions`).
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        node: str = "auto",
+        preset: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        scale: float | None = None,
+        bgr: bool | None = None,
+        size: tuple[int, int] | None = None,
+        layout: str | None = None,
+        baseline: str = "none",
+        batch_size: int | None = None,
+        threads: int | None = None,
+        device: str = "auto",
+        labels: str | Path | Sequence[str] | None = None,
+        max_pixels: int = preprocess.DEFAULT_MAX_PIXELS,
+        options: ScoreCamOptions | None = None,
+    ) -> None:
+        label_spec: str | tuple[str, ...] | None
+        if labels is None or isinstance(labels, (str, Path)):
+            label_spec = None if labels is None else str(labels)
+        else:
+            label_spec = tuple(labels)
+        config = ExplainerConfig(
+            model=str(model),
+            node=node,
+            preset=preset,
+            mean=None if mean is None else tuple(float(v) for v in mean),
+            std=None if std is None else tuple(float(v) for v in std),
+            scale=scale,
+            bgr=bgr,
+            size=None if size is None else (int(size[0]), int(size[1])),
+            layout=layout,
+            baseline=baseline,
+            batch_size=batch_size,
+            threads=threads,
+            device=device,
+            labels=label_spec,
+            max_pixels=max_pixels,
+            options=options or ScoreCamOptions(),
+        )
+        self._build(config)
+
+    @classmethod
+    def from_config(cls, config: ExplainerConfig) -> Explainer:
+        """Rebuild from a config, e.g. in a worker process."""
+        self = cls.__new__(cls)
+        self._build(config)
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[ExplainerConfig]]:
+        # Sessions do not pickle; the config is enough to rebuild everything.
+        return (Explainer.from_config, (self.config,))
+
+    def _build(self, config: ExplainerConfig) -> None:
+        _validate(config)
+        self.config = config
+        self.notes: list[str] = []
+        model = graph.load_model(config.model)
+        index = graph.GraphIndex(model)
+        self.metadata = {p.key: p.value for p in model.metadata_props}
+        self.norm = _normalization(config, self.metadata)
+        self.spec = _input_spec(index, config)
+        self.candidate = graph.resolve_node(model, config.node, index)
+        self.class_output = index.outputs[0]
+        self._ends_in_softmax = _ends_in_softmax(index, self.class_output)
+        exposed = graph.expose(model, self.candidate.tensor, index)
+        self.session, self.max_batch = self._open_session(exposed, index)
+        self.labels = _labels(config.labels, self.metadata)
+
+    def _open_session(
+        self, exposed: onnx.ModelProto, index: graph.GraphIndex
+    ) -> tuple[Session, int | None]:
+        """A session over the exposed model, with a free batch dimension where provable."""
+        first = index.shape(index.inputs[0])
+        batch_dim = first[0] if first else None
+        if not isinstance(batch_dim, int):
+            return self._session(exposed), None
+        dynamic, changed = graph.make_batch_dynamic(exposed)
+        if changed:
+            try:
+                session = self._session(dynamic)
+                if _batch_consistent(session, self.spec):
+                    return session, None
+            except ModelError:
+                pass
+        self.notes.append(
+            f"the model's batch dimension is fixed to {batch_dim} and could not be freed "
+            f"safely; masked passes run {batch_dim} at a time"
+        )
+        return self._session(exposed), batch_dim
+
+    def _session(self, model: onnx.ModelProto) -> Session:
+        return Session(
+            model.SerializeToString(), device=self.config.device, threads=self.config.threads
+        )
+
+    @property
+    def provider(self) -> str:
+        return self.session.info.provider
+
+    def batch_size(self) -> int:
+        """Masked passes per run: the user's choice, capped by what the model allows."""
+        wanted = self.config.batch_size or _budget_batch(self.spec)
+        return max(1, min(wanted, self.max_batch or wanted))
+
+    def explain(self, image: str | Path | np.ndarray, *, target: int | None = None) -> Result:
+        """Explain one image (a path, or an RGB array) for ``target`` (default: top class)."""
+        t0 = time.perf_counter()
+        config, options = self.config, self.config.options
+        if isinstance(image, (str, Path)):
+            source: str | None = str(image)
+            rgb = preprocess.read_image(image, max_pixels=config.max_pixels)
+        else:
+            source = None
+            rgb = preprocess.as_rgb(image)
+        x = preprocess.to_tensor(rgb, self.spec, self.norm)
+        t_pre = time.perf_counter()
+
+        feature = self.candidate.tensor
+        out = self.session.run(x, [self.class_output, feature])
+        logits = class_scores(out[self.class_output], self.class_output)
+        is_prob = self._ends_in_softmax or is_distribution(logits)
+        probs = logits.astype(np.float64) if is_prob else softmax(logits)
+        n_classes = probs.shape[1]
+        if target is None:
+            class_index = int(np.argmax(probs[0]))
+        elif not 0 <= int(target) < n_classes:
+            raise ConfigError(
+                f"target class {target} is out of range; the model has {n_classes} classes "
+                f"(0..{n_classes - 1})"
+            )
+        else:
+            class_index = int(target)
+        acts = _channels_first(out[feature][0], self.candidate.layout).astype(np.float32)
+        t_act = time.perf_counter()
+
+        score = ClassifierTarget(self.class_output, class_index, options.score, is_prob)
+        weights, passes, skipped, t_masks, t_masked = self._weights(acts, x, rgb, score)
+        t_comb0 = time.perf_counter()
+        size = (self.spec.height, self.spec.width)
+        cam = scorecam.combine(acts, weights, size, options)
+        notes = list(self.notes)
+        if not cam.any():
+            notes.append("the saliency map is all zero: no channel raised the class score")
+        saliency = cv2.resize(cam, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+        saliency = np.clip(saliency, 0.0, 1.0).astype(np.float32)
+        t_end = time.perf_counter()
+
+        top = np.argsort(-probs[0], kind="stable")[:5]
+        return Result(
+            saliency=saliency,
+            image=rgb,
+            class_index=class_index,
+            label=self._label(class_index),
+            score=float(probs[0, class_index]),
+            top5=tuple((int(i), self._label(int(i)), float(probs[0, i])) for i in top),
+            model=config.model,
+            node=self.candidate.label,
+            tensor=feature,
+            channels_total=int(acts.shape[0]),
+            channels_used=int(acts.shape[0] - skipped),
+            channels_skipped=int(skipped),
+            masked_passes=passes,
+            provider=self.provider,
+            timings={
+                "preprocess_s": t_pre - t0,
+                "activation_s": t_act - t_pre,
+                "masks_s": t_masks,
+                "masked_s": t_masked,
+                "combine_s": t_end - t_comb0,
+                "total_s": t_end - t0,
+            },
+            options={
+                **asdict(options),
+                "baseline": config.baseline,
+                "batch_size": self.batch_size(),
+                "preprocess": asdict(self.norm),
+                "input_size": [self.spec.height, self.spec.width],
+                "layout": self.spec.layout,
+            },
+            source=source,
+            notes=tuple(notes),
+        )
+
+    def _weights(
+        self, acts: np.ndarray, x: np.ndarray, rgb: np.ndarray, score: ClassifierTarget
+    ) -> tuple[np.ndarray, int, int, float, float]:
+        """Channel weights, and (passes run, channels skipped, mask time, run time)."""
+        options = self.config.options
+        constant, reps, owner = scorecam.distinct_channels(acts)
+        outputs = [self.class_output]
+        base = preprocess.baseline_tensor(self.config.baseline, rgb, x, self.spec, self.norm)
+        base_score = 0.0 if base is None else float(score(self.session.run(base, outputs))[0])
+
+        size = (self.spec.height, self.spec.width)
+        n_chunks = max(1, math.ceil(len(reps) / self.batch_size()))
+        chunk = max(1, math.ceil(len(reps) / n_chunks))
+        mask_time = 0.0
+
+        def batches():  # masks are built lazily, one chunk at a time
+            nonlocal mask_time
+            for masks in scorecam.iter_masks(acts, reps, size, chunk, options):
+                t = time.perf_counter()
+                batch = scorecam.apply_masks(x, masks, self.spec.layout)
+                mask_time += time.perf_counter() - t
+                yield batch
+
+        t0 = time.perf_counter()
+        pad = chunk if self.max_batch is None else self.max_batch
+        rep_scores = [score(out) for out in self.session.run_chunks(batches(), outputs, pad_to=pad)]
+        scores = np.concatenate(rep_scores) if rep_scores else np.zeros(0)
+        passes = len(reps)
+        channel_scores = np.where(owner >= 0, scores[np.maximum(owner, 0)] if passes else 0.0, 0.0)
+        if options.skip_constant:
+            weights = np.zeros(acts.shape[0])
+            if (~constant).any():
+                weights[~constant] = scorecam.channel_weights(
+                    channel_scores[~constant], base_score, channel_softmax=options.channel_softmax
+                )
+            skipped = int(constant.sum())
+        else:
+            if constant.any():  # every constant channel gives the same all-zero mask
+                blank = scorecam.apply_masks(x, np.zeros((1, *size), np.float32), self.spec.layout)
+                channel_scores[constant] = score(self.session.run(blank, outputs))[0]
+                passes += 1
+            weights = scorecam.channel_weights(
+                channel_scores, base_score, channel_softmax=options.channel_softmax
+            )
+            skipped = 0
+        elapsed = time.perf_counter() - t0
+        return weights, passes, skipped, mask_time, elapsed - mask_time
+
+    def _label(self, index: int) -> str | None:
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return None
+
+
+def _validate(config: ExplainerConfig) -> None:
+    if config.baseline not in BASELINES:
+        raise ConfigError(f"unknown baseline '{config.baseline}'; valid: {', '.join(BASELINES)}")
+    if config.preset is not None and config.preset not in preprocess.PRESETS:
+        raise ConfigError(
+            f"unknown preset '{config.preset}'; valid: {', '.join(preprocess.PRESETS)}"
+        )
+    if config.layout is not None and config.layout not in ("NCHW", "NHWC"):
+        raise ConfigError(f"unknown layout '{config.layout}'; valid: NCHW, NHWC")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {config.batch_size}")
+    if config.threads is not None and config.threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {config.threads}")
+    if config.max_pixels < 1:
+        raise ConfigError(f"max_pixels must be positive, got {config.max_pixels}")
+    for name, values in (("mean", config.mean), ("std", config.std)):
+        if values is not None and len(values) not in (1, 3):
+            raise ConfigError(f"{name} needs 1 or 3 values, got {len(values)}")
+    if config.std is not None and any(v == 0 for v in config.std):
+        raise ConfigError("std values must be non-zero")
+    if config.size is not None and min(config.size) < 1:
+        raise ConfigError(f"size must be positive, got {config.size}")
+
+
+def _normalization(config: ExplainerConfig, metadata: dict[str, str]) -> Normalization:
+    name = config.preset or metadata.get(PRESET_KEY, "imagenet")
+    if name not in preprocess.PRESETS:
+        raise ConfigError(
+            f"the model's metadata asks for preset '{name}', which onnxcam does not know; "
+            f"pass --preset ({', '.join(preprocess.PRESETS)})"
+        )
+    base = preprocess.PRESETS[name]
+
+    def triple(values: tuple[float, ...] | None, default: tuple[float, ...]) -> tuple[float, ...]:
+        if values is None:
+            return default
+        return tuple(values) * 3 if len(values) == 1 else tuple(values)
+
+    return Normalization(
+        mean=triple(config.mean, base.mean),
+        std=triple(config.std, base.std),
+        scale=base.scale if config.scale is None else float(config.scale),
+        bgr=base.bgr if config.bgr is None else bool(config.bgr),
+    )
+
+
+def _input_spec(index: graph.GraphIndex, config: ExplainerConfig) -> InputSpec:
+    if not index.inputs:
+        raise ModelError("the model has no graph input")
+    name = index.inputs[0]
+    shape = index.shape(name)
+    elem = index.elem_type(name)
+    if shape is None or len(shape) != 4 or elem is None:
+        raise ModelError(
+            f"model input '{name}' has shape {shape}; an image input of rank 4, "
+            "(N, C, H, W) or (N, H, W, C), is needed"
+        )
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise ModelError(f"model input '{name}' has type {dtype}; a numeric image tensor is needed")
+    layout = config.layout or _guess_layout(index, name, shape)
+    c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+    channels = c if isinstance(c, int) else 3
+    if channels not in (1, 3):
+        raise ModelError(
+            f"model input '{name}' has {channels} channels in layout {layout} (shape {shape}); "
+            "an image input takes 1 or 3 (use --layout if the layout was guessed wrong)"
+        )
+    if config.size is not None:
+        height, width = config.size
+    elif isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        height, width = h, w
+    else:
+        raise ConfigError(
+            f"model input '{name}' has a dynamic size {shape}; pass --size HEIGHT WIDTH "
+            "(e.g. --size 224 224)"
+        )
+    return InputSpec(name, layout, height, width, channels, dtype)
+
+
+def _guess_layout(index: graph.GraphIndex, name: str, shape: tuple[graph.Dim, ...]) -> str:
+    for j in index.consumers.get(name, []):
+        node = index.nodes[j]
+        if node.op_type == "Transpose" and graph._perm(node) == [0, 3, 1, 2]:
+            return "NHWC"
+    if shape[3] in (1, 3) and shape[1] not in (1, 3):
+        return "NHWC"
+    return "NCHW"
+
+
+def _ends_in_softmax(index: graph.GraphIndex, output: str) -> bool:
+    i = index.producer.get(output)
+    # Look through shape-only ops that exporters put after the softmax.
+    while i is not None and index.nodes[i].op_type in ("Reshape", "Flatten", "Squeeze", "Identity"):
+        i = index.producer.get(index.nodes[i].input[0])
+    return i is not None and index.nodes[i].op_type == "Softmax"
+
+
+def _channels_first(acts: np.ndarray, layout: str) -> np.ndarray:
+    return np.transpose(acts, (2, 0, 1)) if layout == "NHWC" else acts
+
+
+def _budget_batch(spec: InputSpec, budget_bytes: int = 256 * 2**20) -> int:
+    per_input = spec.height * spec.width * spec.channels * 4
+    return max(1, min(DEFAULT_BATCH, budget_bytes // max(per_input, 1)))
+
+
+def _batch_consistent(session: Session, spec: InputSpec) -> bool:
+    """Prove a freed batch dimension: a batch of two equals two single runs."""
+    rng = np.random.default_rng(0)
+    shape = (1, spec.channels, spec.height, spec.width)
+    if spec.layout == "NHWC":
+        shape = (1, spec.height, spec.width, spec.channels)
+    a = rng.uniform(-1, 1, shape).astype(spec.dtype)
+    b = rng.uniform(-1, 1, shape).astype(spec.dtype)
+    if np.issubdtype(spec.dtype, np.integer):
+        a = rng.integers(0, 256, shape).astype(spec.dtype)
+        b = rng.integers(0, 256, shape).astype(spec.dtype)
+    try:
+        both = session.run(np.concatenate([a, b]))
+        single = [session.run(a), session.run(b)]
+    except Exception:
+        return False
+    for name, value in both.items():
+        expected = np.concatenate([single[0][name], single[1][name]])
+        if value.shape != expected.shape:
+            return False
+        tol = 1e-4 * max(1.0, float(np.abs(expected).max(initial=0.0)))
+        if not np.allclose(value, expected, rtol=1e-3, atol=tol):
+            return False
+    return True
+
+
+def _labels(spec: str | tuple[str, ...] | None, metadata: dict[str, str]) -> list[str] | None:
+    if isinstance(spec, tuple):
+        return list(spec)
+    if spec is not None:
+        return load_labels(spec)
+    return labels_from_metadata(metadata)

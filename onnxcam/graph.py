@@ -1,0 +1,462 @@
+"""Pure graph surgery on ``onnx.ModelProto``: find feature maps, expose one, free the batch.
+
+Every function that changes a model works on a copy (``ModelProto().CopyFrom``); the
+caller's proto and file are never modified.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import ModelError, NodeError
+
+__all__ = [
+    "Candidate",
+    "GraphIndex",
+    "auto_candidate",
+    "expose",
+    "load_model",
+    "make_batch_dynamic",
+    "resolve_node",
+    "spatial_candidates",
+]
+
+Dim = int | str | None
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+# Ops after which the spatial dimensions are gone: the classifier head starts there.
+_COLLAPSING_OPS = {
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceSum",
+    "ReduceL2",
+    "Flatten",
+    "Reshape",
+    "AveragePool",
+    "MaxPool",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A tensor that can be explained: a 4-D spatial feature map produced by a node.
+
+    Attributes:
+        node: name of the producing node ("" when the exporter left it empty).
+        op_type: the producing node's operator.
+        tensor: name of the output tensor.
+        shape: inferred shape, ints where known, symbols or None elsewhere.
+        layout: ``"NCHW"`` or ``"NHWC"``, the order of the feature map's axes.
+        index: position of the producing node in the graph.
+    """
+
+    node: str
+    op_type: str
+    tensor: str
+    shape: tuple[Dim, ...]
+    layout: str
+    index: int
+
+    @property
+    def label(self) -> str:
+        """The node's name, or a stand-in when the exporter left it empty."""
+        return self.node or f"<{self.op_type} #{self.index}>"
+
+    @property
+    def spatial(self) -> tuple[Dim, Dim]:
+        """(h, w) of the map."""
+        return (self.shape[2], self.shape[3]) if self.layout == "NCHW" else self.shape[1:3]  # type: ignore[return-value]
+
+    @property
+    def channels(self) -> Dim:
+        """Number of channels K."""
+        return self.shape[1] if self.layout == "NCHW" else self.shape[3]
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load and check an ONNX model, with external data resolved next to the file.
+
+    Raises:
+        ModelError: the file is missing, empty, truncated or not an ONNX model.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelError(f"model path is not a file: {path} (expected an .onnx file)")
+    if path.stat().st_size == 0:
+        raise ModelError(f"model file is empty: {path} (expected an ONNX model)")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # protobuf DecodeError, missing external data, path checks
+        raise ModelError(
+            f"cannot read {path} as an ONNX model ({type(exc).__name__}: {_first_line(exc)}); "
+            "is the file complete and exported with torch.onnx/tf2onnx/paddle2onnx?"
+        ) from exc
+    if len(model.graph.node) == 0 or len(model.graph.input) == 0 or len(model.graph.output) == 0:
+        raise ModelError(
+            f"{path} is not a usable ONNX model: its graph has "
+            f"{len(model.graph.node)} nodes, {len(model.graph.input)} inputs and "
+            f"{len(model.graph.output)} outputs (the file may be truncated or not ONNX)"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelError(f"{path} fails the ONNX checker: {_first_line(exc)}") from exc
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference on a copy; the model itself when inference is impossible."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:
+        return model
+
+
+def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+class GraphIndex:
+    """Lookup tables over one (shape-inferred) graph, built once.
+
+    Args:
+        model: the model; shape inference runs on a copy.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = _infer(model)
+        graph = self.model.graph
+        self.nodes = list(graph.node)
+        self.initializers = {init.name: init for init in graph.initializer}
+        self.values: dict[str, onnx.ValueInfoProto] = {}
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            self.values.setdefault(value.name, value)
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.output:
+                if name:
+                    self.producer[name] = i
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+        self.inputs = [v.name for v in graph.input if v.name not in self.initializers]
+        self.outputs = [v.name for v in graph.output]
+
+    def shape(self, tensor: str) -> tuple[Dim, ...] | None:
+        value = self.values.get(tensor)
+        return _dims(value) if value is not None else None
+
+    def elem_type(self, tensor: str) -> int | None:
+        value = self.values.get(tensor)
+        if value is None or not value.type.HasField("tensor_type"):
+            return None
+        return int(value.type.tensor_type.elem_type) or None
+
+    def constant(self, tensor: str) -> np.ndarray | None:
+        """The value of an initializer or Constant-node output, else None."""
+        if tensor in self.initializers:
+            return numpy_helper.to_array(self.initializers[tensor])
+        i = self.producer.get(tensor)
+        if i is not None and self.nodes[i].op_type == "Constant":
+            for attr in self.nodes[i].attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    def ancestors(self, tensor: str) -> set[int]:
+        """Indices of every node that the tensor depends on."""
+        seen: set[int] = set()
+        stack = [tensor]
+        while stack:
+            i = self.producer.get(stack.pop())
+            if i is None or i in seen:
+                continue
+            seen.add(i)
+            stack.extend(name for name in self.nodes[i].input if name)
+        return seen
+
+    def layout(self, tensor: str) -> str:
+        """Guess the axis order of a 4-D feature map from its neighbours."""
+        i = self.producer.get(tensor)
+        if (
+            i is not None
+            and self.nodes[i].op_type == "Transpose"
+            and (_perm(self.nodes[i]) == [0, 2, 3, 1])
+        ):
+            return "NHWC"
+        for j in self.consumers.get(tensor, []):
+            node = self.nodes[j]
+            if node.op_type == "Transpose" and _perm(node) == [0, 3, 1, 2]:
+                return "NHWC"
+            if node.op_type.startswith("Reduce"):
+                axes = self.reduce_axes(node)
+                if axes is not None and sorted(a % 4 for a in axes) == [1, 2]:
+                    return "NHWC"
+        return "NCHW"
+
+    def reduce_axes(self, node: onnx.NodeProto) -> list[int] | None:
+        for attr in node.attribute:
+            if attr.name == "axes":
+                return list(attr.ints)
+        if len(node.input) > 1 and node.input[1]:
+            value = self.constant(node.input[1])
+            if value is not None:
+                return [int(a) for a in value.reshape(-1)]
+        return None
+
+    def candidate(self, tensor: str) -> Candidate | None:
+        """The tensor as a Candidate when it is a 4-D float map with h, w > 1, else None."""
+        i = self.producer.get(tensor)
+        if i is None:
+            return None
+        shape = self.shape(tensor)
+        elem = self.elem_type(tensor)
+        if shape is None or len(shape) != 4 or (elem is not None and elem not in _FLOAT_TYPES):
+            return None
+        layout = self.layout(tensor)
+        h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        if h == 1 or w == 1 or (isinstance(h, int) and isinstance(w, int) and h * w < 2):
+            return None
+        node = self.nodes[i]
+        return Candidate(node.name, node.op_type, tensor, shape, layout, i)
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    for attr in node.attribute:
+        if attr.name == "perm":
+            return list(attr.ints)
+    return None
+
+
+def spatial_candidates(model: onnx.ModelProto, index: GraphIndex | None = None) -> list[Candidate]:
+    """Every node output that is a 4-D spatial feature map, in graph order."""
+    index = index or GraphIndex(model)
+    found = []
+    for node in index.nodes:
+        for name in node.output:
+            cand = index.candidate(name) if name else None
+            if cand is not None:
+                found.append(cand)
+    return found
+
+
+def _collapses_space(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """True for the node where the head begins: it turns a spatial map into a vector."""
+    op = node.op_type
+    if op not in _COLLAPSING_OPS or not node.input:
+        return False
+    src = index.candidate(node.input[0])
+    if src is None:
+        return False
+    if op.startswith("Global"):
+        return True
+    if op in ("Flatten", "Reshape"):
+        shape = index.shape(node.output[0])
+        return shape is None or len(shape) <= 2
+    if op.startswith("Reduce"):
+        axes = index.reduce_axes(node)
+        spatial_axes = [2, 3] if src.layout == "NCHW" else [1, 2]
+        return axes is not None and set(spatial_axes) <= {a % 4 for a in axes}
+    # Pooling whose window covers the whole map (old exports of global pooling).
+    out = index.candidate(node.output[0])
+    shape = index.shape(node.output[0])
+    return out is None and shape is not None and len(shape) == 4
+
+
+def auto_candidate(model: onnx.ModelProto, index: GraphIndex | None = None) -> Candidate:
+    """The map the head pools: the input of the last space-collapsing node before the output.
+
+    Falls back to the last spatial map upstream of the first graph output.
+
+    Raises:
+        NodeError: the graph has no spatial feature map upstream of its output.
+    """
+    index = index or GraphIndex(model)
+    upstream = index.ancestors(index.outputs[0])
+    for i in sorted(upstream, reverse=True):
+        node = index.nodes[i]
+        if _collapses_space(index, node):
+            cand = index.candidate(node.input[0])
+            if cand is not None:
+                return cand
+    candidates = [c for c in spatial_candidates(model, index) if c.index in upstream]
+    if not candidates:
+        raise NodeError(
+            "the model has no 4-D spatial feature map (N, C, h, w with h, w > 1) upstream of "
+            f"its output '{index.outputs[0]}'; Score-CAM needs a convolutional feature map"
+        )
+    return candidates[-1]
+
+
+def resolve_node(model: onnx.ModelProto, spec: str, index: GraphIndex | None = None) -> Candidate:
+    """Resolve ``--node``: ``auto``, a node name, or an output tensor name.
+
+    Raises:
+        NodeError: unknown name (closest names listed), a tensor inside a subgraph, or a
+            tensor that is not a spatial map (nearest spatial map named).
+    """
+    index = index or GraphIndex(model)
+    if spec == "auto":
+        return auto_candidate(model, index)
+    by_name = [n for n in index.nodes if n.name == spec]
+    if by_name:
+        tensors = [t for t in by_name[0].output if t]
+    elif spec in index.producer:
+        tensors = [spec]
+    else:
+        if spec in _subgraph_names(index.nodes):
+            raise NodeError(
+                f"'{spec}' lives inside an If/Loop/Scan subgraph, which cannot be exposed as a "
+                "graph output; choose a node of the main graph (see `onnxcam nodes`)"
+            )
+        if spec in index.inputs or spec in index.initializers:
+            raise NodeError(f"'{spec}' is a graph input or weight, not a node's output")
+        names = [n.name for n in index.nodes if n.name] + list(index.producer)
+        close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else "run `onnxcam nodes MODEL` to list them"
+        raise NodeError(f"no node or tensor named '{spec}' in the model; {hint}")
+    for tensor in tensors:
+        cand = index.candidate(tensor)
+        if cand is not None:
+            return cand
+    tensor = tensors[0] if tensors else spec
+    shape = index.shape(tensor)
+    described = "unknown shape" if shape is None else f"shape {_fmt_shape(shape)}"
+    nearest = _nearest(index, index.producer.get(tensor, 0))
+    hint = (
+        f"nearest spatial map: '{nearest.label}' (tensor '{nearest.tensor}', shape "
+        f"{_fmt_shape(nearest.shape)})"
+        if nearest
+        else "the model has no spatial map"
+    )
+    raise NodeError(
+        f"'{spec}' outputs '{tensor}' with {described}, not a spatial feature map "
+        f"(4-D with height and width > 1); {hint}"
+    )
+
+
+def _nearest(index: GraphIndex, position: int) -> Candidate | None:
+    candidates = spatial_candidates(index.model, index)
+    if not candidates:
+        return None
+    before = [c for c in candidates if c.index <= position]
+    return before[-1] if before else candidates[0]
+
+
+def _fmt_shape(shape: Iterable[Dim]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _subgraph_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    names: set[str] = set()
+    for node in nodes:
+        for attr in node.attribute:
+            graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+            for graph in graphs:
+                for sub in graph.node:
+                    names.add(sub.name)
+                    names.update(sub.output)
+                names |= _subgraph_names(graph.node)
+    return names
+
+
+def expose(model: onnx.ModelProto, tensor: str, index: GraphIndex | None = None) -> onnx.ModelProto:
+    """A copy of the model with ``tensor`` appended to the graph outputs.
+
+    The appended ValueInfo carries the exact element type and the rank, with a symbolic
+    batch dimension, so it stays valid when the batch dimension is freed later.
+    """
+    out = _copy(model)
+    if tensor in (o.name for o in out.graph.output):
+        return out
+    index = index or GraphIndex(model)
+    if tensor not in index.producer:
+        raise NodeError(f"no node produces tensor '{tensor}'")
+    elem = index.elem_type(tensor)
+    if elem is None:
+        elem = index.elem_type(index.inputs[0]) or onnx.TensorProto.FLOAT
+    shape = index.shape(tensor)
+    dims: list[int | None] | None = None
+    if shape is not None:
+        dims = [None, *(d if isinstance(d, int) else None for d in shape[1:])]
+    out.graph.output.append(onnx.helper.make_tensor_value_info(tensor, elem, dims))
+    return out
+
+
+def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """A copy whose batch dimension is symbolic, and whether anything had to change.
+
+    Fixed leading dims of inputs and outputs become ``batch``; stale ``value_info`` is
+    dropped; Reshape shape constants that start with a literal batch ``1`` get ``0``
+    (copy that dimension) when ``allowzero`` is 0. The result is a hypothesis: callers
+    must prove it numerically (a batch of two against two single runs) before using it.
+    """
+    out = _copy(model)
+    graph = out.graph
+    inits = {i.name for i in graph.initializer}
+    changed = False
+    for value in [*graph.input, *graph.output]:
+        if value.name in inits or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) > 0 and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+            changed = True
+    if not changed:
+        return out, False
+    del graph.value_info[:]
+    index = GraphIndex(out)
+    for k, node in enumerate(graph.node):
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        if any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
+            continue
+        target = index.constant(node.input[1])
+        if target is None or target.ndim != 1 or target.size < 2 or target[0] != 1:
+            continue
+        fixed = target.copy()
+        fixed[0] = 0
+        name = f"{node.input[1]}__onnxcam_batch{k}"
+        graph.initializer.append(numpy_helper.from_array(fixed.astype(np.int64), name))
+        node.input[1] = name
+    return out, True

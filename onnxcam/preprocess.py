@@ -1,0 +1,254 @@
+"""Images in, model-input tensors out: reading, presets, size, layout and colour order.
+
+A pixel value ``p`` in 0..255 becomes ``(p * scale - mean) / std`` per colour channel,
+in RGB order unless ``bgr`` is set (then ``mean``/``std`` are given in BGR order too).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, ImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MIN_SIDE",
+    "PRESETS",
+    "InputSpec",
+    "Normalization",
+    "as_rgb",
+    "baseline_tensor",
+    "image_size_from_header",
+    "read_image",
+    "to_tensor",
+]
+
+DEFAULT_MAX_PIXELS = 100_000_000
+MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``(pixel * scale - mean) / std``, per channel, in the model's colour order."""
+
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    scale: float = 1.0
+    bgr: bool = False
+
+
+PRESETS: dict[str, Normalization] = {
+    "imagenet": Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255),
+    "caffe": Normalization((103.939, 116.779, 123.68), (1.0, 1.0, 1.0), 1.0, bgr=True),
+    "tf": Normalization((1.0, 1.0, 1.0), (1.0, 1.0, 1.0), 1 / 127.5),
+    "unit": Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1 / 255),
+    "raw": Normalization(),
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model's image input wants.
+
+    Attributes:
+        name: the input's name.
+        layout: ``"NCHW"`` or ``"NHWC"``.
+        height, width: spatial size in pixels.
+        channels: 3 (colour) or 1 (grayscale).
+        dtype: numpy dtype of the input.
+    """
+
+    name: str
+    layout: str
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype
+
+    def with_layout(self, layout: str) -> InputSpec:
+        return replace(self, layout=layout)
+
+
+def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{path}: image is {width}×{height} = {width * height:,} pixels, above the limit of "
+            f"{max_pixels:,} (raise it with --max-pixels / max_pixels=)"
+        )
+
+
+def image_size_from_header(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from a PNG, JPEG, GIF, BMP or WebP header without decoding."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return int(w), int(h)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        w, h = struct.unpack("<HH", data[6:10])
+        return int(w), int(h)
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(int(w)), abs(int(h))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8X":
+            w = 1 + int.from_bytes(data[24:27], "little")
+            h = 1 + int.from_bytes(data[27:30], "little")
+            return w, h
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", data[26:30])
+            return int(w) & 0x3FFF, int(h) & 0x3FFF
+        if kind == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return int(w), int(h)
+        i += 2 + length
+    return None
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    Grayscale becomes three equal channels, alpha is dropped, 16-bit and float images are
+    scaled to 8 bits. The pixel count is checked from the header before decoding.
+
+    Raises:
+        ImageError: missing, empty, unreadable, truncated, too small or too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise ImageError(f"{path}: image file is empty")
+    size = image_size_from_header(data)
+    if size is not None:
+        _check_size(path, size[0], size[1], max_pixels)
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:]:
+        raise ImageError(f"{path}: JPEG is truncated (no end-of-image marker)")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if decoded is None:
+        raise ImageError(
+            f"{path}: not a readable image (or a truncated one); supported: PNG, JPEG, BMP, "
+            "TIFF, WebP and the other formats OpenCV decodes"
+        )
+    _check_size(path, decoded.shape[1], decoded.shape[0], max_pixels)
+    return as_rgb(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), source=str(path))
+
+
+def as_rgb(image: np.ndarray, *, source: str = "image") -> np.ndarray:
+    """Validate an array image and return it as RGB uint8 (H, W, 3).
+
+    Accepts (H, W) grayscale, (H, W, 1), (H, W, 3) RGB and (H, W, 4) RGBA, in uint8,
+    uint16 (scaled by 1/257) or float (0..1 when its max is at most 1, else 0..255).
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(
+            f"{source}: array of shape {arr.shape} is not an image; expected (H, W), "
+            "(H, W, 3) RGB or (H, W, 4) RGBA"
+        )
+    if arr.shape[0] < MIN_SIDE or arr.shape[1] < MIN_SIDE:
+        raise ImageError(
+            f"{source}: image is {arr.shape[1]}×{arr.shape[0]} pixels; at least "
+            f"{MIN_SIDE}×{MIN_SIDE} is needed for a saliency map"
+        )
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{source}: float image contains NaN or Inf")
+        scale = 255.0 if float(arr.max(initial=0.0)) <= 1.0 else 1.0
+        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr)
+
+
+def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    # Area averaging when shrinking avoids aliasing (close to torchvision's antialiased resize).
+    shrinking = width < rgb.shape[1] or height < rgb.shape[0]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=interp)
+
+
+def to_tensor(rgb: np.ndarray, spec: InputSpec, norm: Normalization) -> np.ndarray:
+    """Resize the whole image (no crop) to the model's size and normalise it.
+
+    Returns:
+        A (1, C, H, W) or (1, H, W, C) array of the input's dtype.
+    """
+    resized = _resize(rgb, spec.width, spec.height).astype(np.float32)
+    return _normalize(resized, spec, norm)
+
+
+def _normalize(pixels: np.ndarray, spec: InputSpec, norm: Normalization) -> np.ndarray:
+    if spec.channels == 1:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)[:, :, None]
+        mean = np.full(1, np.mean(norm.mean), np.float32)
+        std = np.full(1, np.mean(norm.std), np.float32)
+    else:
+        if norm.bgr:
+            pixels = pixels[:, :, ::-1]
+        mean = np.asarray(norm.mean, np.float32)
+        std = np.asarray(norm.std, np.float32)
+    if np.any(np.asarray(std) == 0):
+        raise ConfigError("std must not contain 0")
+    values = (pixels * np.float32(norm.scale) - mean) / std
+    if spec.layout == "NCHW":
+        values = values.transpose(2, 0, 1)
+    values = values[None]
+    if np.issubdtype(spec.dtype, np.integer):
+        info = np.iinfo(spec.dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    return np.ascontiguousarray(values.astype(spec.dtype))
+
+
+def baseline_tensor(
+    kind: str, rgb: np.ndarray, x: np.ndarray, spec: InputSpec, norm: Normalization
+) -> np.ndarray | None:
+    """The baseline input ``X_b`` of SPEC §2 step 5, or None for ``none``.
+
+    ``zero`` is zeros in the model's input space, ``black`` a preprocessed black image,
+    ``blur`` the resized image under a Gaussian blur (sigma = 1/20 of the shorter side).
+    """
+    if kind == "none":
+        return None
+    if kind == "zero":
+        return np.zeros_like(x)
+    if kind == "black":
+        black = np.zeros((spec.height, spec.width, 3), np.float32)
+        return _normalize(black, spec, norm)
+    if kind == "blur":
+        resized = _resize(rgb, spec.width, spec.height).astype(np.float32)
+        sigma = max(1.0, min(spec.height, spec.width) / 20)
+        return _normalize(cv2.GaussianBlur(resized, (0, 0), sigma), spec, norm)
+    raise ConfigError(f"unknown baseline '{kind}'; valid: none, zero, black, blur")

@@ -1,0 +1,193 @@
+"""Score-CAM arithmetic in numpy: masks, channel weights, combination.
+
+Score-CAM (Wang et al., CVPR-W 2020, https://arxiv.org/abs/1910.01279)::
+
+    M_k = minmax(Up(A_k))                    # one mask per channel, in [0, 1]
+    s_k = f(x ⊙ M_k) - f(X_b)                # score of the masked input, minus a baseline
+    L   = ReLU(Σ_k s_k · Up(A_k)) / max(...)  # at input resolution
+
+``Up`` is bilinear interpolation with half-pixel centres (OpenCV ``INTER_LINEAR``,
+torch ``align_corners=False``) unless ``align_corners`` is set. No ONNX Runtime and no
+OpenCV here: the module takes and returns arrays, so it is testable in isolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "ScoreCamOptions",
+    "apply_masks",
+    "channel_weights",
+    "combine",
+    "distinct_channels",
+    "interp_matrix",
+    "iter_masks",
+    "minmax",
+    "upsample",
+]
+
+
+@dataclass(frozen=True)
+class ScoreCamOptions:
+    """The knobs on which Score-CAM implementations differ.
+
+    Attributes:
+        score: ``"probability"`` (softmax of the output, unless it already is one) or
+            ``"logit"`` (the raw output).
+        channel_softmax: replace the scores by a softmax across channels.
+        align_corners: upsample masks with corner-aligned bilinear interpolation.
+        normalize_first: min-max each channel at feature resolution, then upsample it.
+        combine_at: ``"input"`` (ReLU of the upsampled sum) or ``"feature"`` (ReLU and
+            min-max at feature resolution, then upsample and min-max again).
+        skip_constant: give constant channels weight 0 without running them; otherwise they
+            are scored as the all-zero mask.
+        eps: added to min-max denominators (0 means exact division).
+    """
+
+    score: str = "probability"
+    channel_softmax: bool = False
+    align_corners: bool = False
+    normalize_first: bool = False
+    combine_at: str = "input"
+    skip_constant: bool = True
+    eps: float = 0.0
+
+
+def interp_matrix(n_in: int, n_out: int, *, align_corners: bool = False) -> np.ndarray:
+    """The (n_out, n_in) matrix of 1-D linear interpolation.
+
+    With half-pixel centres, output ``i`` samples input ``(i + 0.5) * n_in / n_out - 0.5``
+    clamped to the edges, exactly as OpenCV ``INTER_LINEAR`` and torch
+    ``align_corners=False``; with ``align_corners`` it samples ``i * (n_in - 1) / (n_out - 1)``.
+    """
+    out = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = out * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        src = np.maximum((out + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    frac[lo == n_in - 1] = 0.0
+    mat = np.zeros((n_out, n_in), np.float64)
+    np.add.at(mat, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(mat, (np.arange(n_out), hi), frac)
+    return mat.astype(np.float32)
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of (K, h, w) or (h, w) maps to ``size`` = (H, W), as matrix products."""
+    h, w = maps.shape[-2:]
+    rows = interp_matrix(h, size[0], align_corners=align_corners)
+    cols = interp_matrix(w, size[1], align_corners=align_corners)
+    return np.matmul(np.matmul(rows, maps.astype(np.float32, copy=False)), cols.T)
+
+
+def minmax(maps: np.ndarray, *, eps: float = 0.0) -> np.ndarray:
+    """Min-max each (..., h, w) map to [0, 1]; a constant map becomes all zeros."""
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - lo
+    safe = np.where(span > 0, span + eps, 1.0)
+    return np.where(span > 0, (maps - lo) / safe, 0.0).astype(np.float32)
+
+
+def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort channels into constant ones and groups that give the same mask.
+
+    Two channels give the same mask when their min-max normalised maps are equal (for
+    example exact copies), so each group needs one masked pass.
+
+    Args:
+        acts: (K, h, w) activations.
+
+    Returns:
+        ``(constant, representatives, owner)``: a boolean (K,) mask of constant channels;
+        the indices of the channels to run, one per distinct mask; and for every channel
+        the position in ``representatives`` whose score it takes (-1 for constant ones).
+    """
+    k = acts.shape[0]
+    flat = acts.reshape(k, -1)
+    constant = flat.max(axis=1) == flat.min(axis=1)
+    normalized = minmax(acts).reshape(k, -1)
+    owner = np.full(k, -1, np.int64)
+    seen: dict[bytes, int] = {}
+    reps: list[int] = []
+    for i in np.flatnonzero(~constant):
+        key = normalized[i].tobytes()
+        if key not in seen:
+            seen[key] = len(reps)
+            reps.append(int(i))
+        owner[i] = seen[key]
+    return constant, np.asarray(reps, np.int64), owner
+
+
+def iter_masks(
+    acts: np.ndarray,
+    channels: np.ndarray,
+    size: tuple[int, int],
+    chunk: int,
+    options: ScoreCamOptions,
+) -> Iterator[np.ndarray]:
+    """Masks M_k for the given channels, ``chunk`` at a time, as (n, H, W) float32 arrays.
+
+    Only one chunk of upsampled maps exists at any time, whatever K is.
+    """
+    for start in range(0, len(channels), chunk):
+        part = acts[channels[start : start + chunk]]
+        if options.normalize_first:
+            masks = upsample(
+                minmax(part, eps=options.eps), size, align_corners=options.align_corners
+            )
+        else:
+            masks = minmax(
+                upsample(part, size, align_corners=options.align_corners), eps=options.eps
+            )
+        yield masks
+
+
+def apply_masks(x: np.ndarray, masks: np.ndarray, layout: str) -> np.ndarray:
+    """``x ⊙ M_k`` for each mask, broadcast over colour channels, in the input's dtype.
+
+    Args:
+        x: the preprocessed input, (1, C, H, W) or (1, H, W, C).
+        masks: (n, H, W) masks.
+        layout: ``"NCHW"`` or ``"NHWC"``.
+    """
+    expanded = masks[:, None] if layout == "NCHW" else masks[..., None]
+    out = x.astype(np.float32, copy=False) * expanded
+    if np.issubdtype(x.dtype, np.integer):
+        out = np.round(out)
+    return out.astype(x.dtype, copy=False)
+
+
+def channel_weights(
+    scores: np.ndarray, baseline: float, *, channel_softmax: bool = False
+) -> np.ndarray:
+    """``s_k = f(X_k) - f(X_b)``, or their softmax across channels."""
+    weights = scores.astype(np.float64) - baseline
+    if channel_softmax:
+        shifted = np.exp(weights - weights.max(initial=-np.inf))
+        weights = shifted / shifted.sum()
+    return weights
+
+
+def combine(
+    acts: np.ndarray, weights: np.ndarray, size: tuple[int, int], options: ScoreCamOptions
+) -> np.ndarray:
+    """The saliency map from activations (K, h, w) and channel weights (K,), (H, W) in [0, 1].
+
+    An all-zero map stays all zero.
+    """
+    summed = np.tensordot(weights.astype(np.float64), acts.astype(np.float64), axes=1)
+    if options.combine_at == "feature":
+        small = minmax(np.maximum(summed, 0.0)[None], eps=options.eps)[0]
+        return minmax(upsample(small, size, align_corners=False)[None], eps=options.eps)[0]
+    cam = np.maximum(upsample(summed, size, align_corners=False), 0.0)
+    peak = float(cam.max(initial=0.0))
+    if peak <= 0.0 or not np.isfinite(peak):
+        return np.zeros(size, np.float32)
+    return (cam / peak).astype(np.float32)

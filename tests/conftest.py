@@ -1,0 +1,148 @@
+"""Tiny models built in code with onnx.helper, and a numpy reference of what they compute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 16  # input height and width of the tiny models
+K = 5  # feature channels: 0..2 random, 3 a copy of 1, 4 constant (dead)
+
+
+@dataclass
+class TinyWeights:
+    """Weights of the tiny CNN: conv 3x3 stride 2 pad 1 -> ReLU -> GAP -> Gemm."""
+
+    conv_w: np.ndarray  # (K, 3, 3, 3)
+    conv_b: np.ndarray  # (K,)
+    fc_w: np.ndarray  # (classes, K)
+    fc_b: np.ndarray  # (classes,)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Reference conv + ReLU on (N, 3, H, W) with explicit loops."""
+        n, _, h, w = x.shape
+        padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        oh, ow = (h + 1) // 2, (w + 1) // 2
+        out = np.zeros((n, self.conv_w.shape[0], oh, ow), np.float64)
+        for i in range(oh):
+            for j in range(ow):
+                patch = padded[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+                out[:, :, i, j] = np.einsum("ncij,kcij->nk", patch, self.conv_w) + self.conv_b
+        return np.maximum(out, 0.0)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        pooled = self.features(x).mean(axis=(2, 3))
+        return pooled @ self.fc_w.T + self.fc_b
+
+
+def tiny_weights(seed: int = 0, classes: int = 3) -> TinyWeights:
+    rng = np.random.default_rng(seed)
+    conv_w = rng.normal(0, 0.5, (K, 3, 3, 3)).astype(np.float32)
+    conv_b = rng.normal(0, 0.1, K).astype(np.float32)
+    conv_w[3] = conv_w[1]
+    conv_b[3] = conv_b[1]
+    conv_w[4] = 0.0
+    conv_b[4] = -1.0  # ReLU(-1) = 0 everywhere: a dead channel
+    fc_w = rng.normal(0, 1.0, (classes, K)).astype(np.float32)
+    fc_b = rng.normal(0, 0.1, classes).astype(np.float32)
+    return TinyWeights(conv_w, conv_b, fc_w, fc_b)
+
+
+def build_tiny(
+    path: Path,
+    weights: TinyWeights,
+    *,
+    layout: str = "NCHW",
+    fixed_batch: bool = False,
+    reshape_head: bool = False,
+    softmax: bool = False,
+    mix_batch: bool = False,
+    empty_names: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write the tiny CNN to ``path`` in one of several export styles."""
+    batch: int | str = 1 if fixed_batch else "N"
+    shape = [batch, 3, SIZE, SIZE] if layout == "NCHW" else [batch, SIZE, SIZE, 3]
+    nodes = []
+    src = "input"
+    if layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", ["input"], ["x_nchw"], perm=[0, 3, 1, 2]))
+        src = "x_nchw"
+    nodes.append(
+        helper.make_node(
+            "Conv", [src, "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3], strides=[2, 2],
+            pads=[1, 1, 1, 1], name="features/conv",
+        )
+    )  # fmt: skip
+    nodes.append(helper.make_node("Relu", ["conv"], ["feat"], name="features/relu"))
+    feat = "feat"
+    if mix_batch:  # sums over the batch axis: harmless at batch 1, wrong for larger batches
+        nodes.append(helper.make_node("ReduceSum", ["feat", "axis0"], ["feat_mixed"], keepdims=1))
+        feat = "feat_mixed"
+    nodes.append(helper.make_node("GlobalAveragePool", [feat], ["pooled"], name="head/gap"))
+    if reshape_head:
+        nodes.append(helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"], name="head/r"))
+    else:
+        nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], name="head/flatten"))
+    out = "probs" if softmax else "logits"
+    nodes.append(
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1, name="head/fc")
+    )
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="head/sm"))
+    if empty_names:
+        for node in nodes:
+            node.name = ""
+    inits = [
+        numpy_helper.from_array(weights.conv_w, "conv_w"),
+        numpy_helper.from_array(weights.conv_b, "conv_b"),
+        numpy_helper.from_array(weights.fc_w, "fc_w"),
+        numpy_helper.from_array(weights.fc_b, "fc_b"),
+        numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+    ]
+    classes = weights.fc_w.shape[0]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def weights() -> TinyWeights:
+    return tiny_weights()
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, weights: TinyWeights) -> Path:
+    return build_tiny(tmp_path / "tiny.onnx", weights)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    """A 16x16 RGB test image with structure (a bright square on a gradient)."""
+    rng = np.random.default_rng(1)
+    img = np.linspace(0, 120, SIZE * SIZE * 3).reshape(SIZE, SIZE, 3)
+    img[4:10, 6:12] = 230
+    img += rng.uniform(0, 20, img.shape)
+    return img.astype(np.uint8)
+
+
+REAL_MODEL = ROOT / "models" / "efficientnet_lite0.onnx"
+EXAMPLES = ROOT / "examples"

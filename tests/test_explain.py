@@ -1,0 +1,189 @@
+"""Explainer on tiny models whose Score-CAM map is computed independently in the test."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from conftest import SIZE, TinyWeights, build_tiny
+
+from onnxcam import ConfigError, Explainer, NumericalError
+
+
+def reference_map(weights: TinyWeights, image: np.ndarray, target: int | None = None):
+    """Score-CAM (SPEC §2, default semantics), naively: one channel at a time, cv2 resize."""
+    x = (image.astype(np.float64) / 255.0).transpose(2, 0, 1)[None]
+    acts = weights.features(x)[0]
+    logits = weights.logits(x)[0]
+    c = int(np.argmax(logits)) if target is None else target
+    cam = np.zeros((SIZE, SIZE))
+    skipped = 0
+    scores = {}
+    for k in range(acts.shape[0]):
+        if acts[k].max() == acts[k].min():
+            skipped += 1
+            continue
+        up = cv2.resize(acts[k].astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+        mask = (up - up.min()) / (up.max() - up.min())
+        z = weights.logits(x * mask[None, None])[0]
+        prob = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        scores[k] = prob[c]
+        cam += prob[c] * up
+    cam = np.maximum(cam, 0)
+    return cam / cam.max(), c, skipped, scores
+
+
+def test_map_matches_naive_reference(tiny, weights, image):
+    result = Explainer(tiny, preset="unit").explain(image)
+    ref, c, skipped, _ = reference_map(weights, image)
+    assert result.class_index == c
+    assert result.saliency.shape == image.shape[:2]
+    np.testing.assert_allclose(result.saliency, ref, atol=1e-4)
+    assert result.channels_total == 5
+    assert result.channels_skipped == skipped == 1
+    assert result.channels_used == 4
+    assert result.masked_passes == 3  # channel 3 is a copy of channel 1: run once
+
+
+def test_target_class_changes_the_map(tiny, weights, image):
+    explainer = Explainer(tiny, preset="unit")
+    for target in range(3):
+        result = explainer.explain(image, target=target)
+        ref, _, _, _ = reference_map(weights, image, target)
+        assert result.class_index == target
+        np.testing.assert_allclose(result.saliency, ref, atol=1e-4)
+
+
+def test_map_is_finite_in_range_and_independent_of_batch_size(tiny, image):
+    maps = [
+        Explainer(tiny, preset="unit", batch_size=b).explain(image).saliency for b in (1, 7, 64)
+    ]
+    for m in maps:
+        assert np.isfinite(m).all() and m.min() >= 0.0 and m.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(maps[0], maps[1])
+    np.testing.assert_array_equal(maps[0], maps[2])
+
+
+def test_saliency_is_at_the_original_image_size(tiny):
+    big = cv2.resize(np.random.default_rng(0).integers(0, 255, (16, 16, 3), np.uint8), (50, 30))
+    result = Explainer(tiny, preset="unit").explain(big)
+    assert result.saliency.shape == (30, 50) and result.saliency.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        {"fixed_batch": True, "reshape_head": True},
+        {"layout": "NHWC"},
+        {"softmax": True},
+        {"empty_names": True},
+    ],
+    ids=["fixed-batch-reshape", "nhwc", "softmax-head", "empty-names"],
+)
+def test_export_styles_give_the_same_map(tmp_path, weights, image, style):
+    model = build_tiny(tmp_path / "m.onnx", weights, **style)
+    explainer = Explainer(model, preset="unit")
+    result = explainer.explain(image)
+    ref, c, _, _ = reference_map(weights, image)
+    assert result.class_index == c
+    np.testing.assert_allclose(result.saliency, ref, atol=1e-4)
+    if style.get("fixed_batch"):
+        assert explainer.max_batch is None  # the batch dimension was freed and proven
+        assert not explainer.notes
+
+
+def test_softmax_head_score_is_not_softmaxed_twice(tmp_path, weights, image):
+    model = build_tiny(tmp_path / "m.onnx", weights, softmax=True)
+    result = Explainer(model, preset="unit").explain(image)
+    x = (image / 255.0).transpose(2, 0, 1)[None]
+    z = weights.logits(x)[0]
+    prob = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    assert result.score == pytest.approx(prob.max(), abs=1e-5)
+
+
+def test_unsafe_batch_freeing_falls_back_to_single_passes(tmp_path, weights, image):
+    model = build_tiny(tmp_path / "m.onnx", weights, fixed_batch=True, mix_batch=True)
+    explainer = Explainer(model, preset="unit", batch_size=16)
+    assert explainer.max_batch == 1 and explainer.batch_size() == 1
+    assert any("fixed to 1" in note for note in explainer.notes)
+    ref, _, _, _ = reference_map(weights, image)
+    np.testing.assert_allclose(explainer.explain(image).saliency, ref, atol=1e-4)
+
+
+def test_input_model_is_untouched(tiny, image):
+    before = tiny.read_bytes()
+    proto = onnx.load(str(tiny))
+    Explainer(tiny, preset="unit", node="features/conv").explain(image)
+    assert tiny.read_bytes() == before
+    assert onnx.load(str(tiny)) == proto
+    assert sorted(p.name for p in tiny.parent.iterdir()) == ["tiny.onnx"]
+
+
+def test_baselines_subtract_the_baseline_score(tiny, weights, image):
+    _, _, _, scores = reference_map(weights, image)
+    x0 = Explainer(tiny, preset="unit", baseline="zero")
+    result = x0.explain(image)
+    zero_logits = weights.logits(np.zeros((1, 3, SIZE, SIZE)))[0]
+    p0 = np.exp(zero_logits - zero_logits.max())
+    p0 = p0[result.class_index] / p0.sum()
+    x = (image / 255.0).transpose(2, 0, 1)[None]
+    acts = weights.features(x)[0]
+    cam = sum((scores[k] - p0) * cv2.resize(acts[k].astype(np.float32), (SIZE, SIZE)) for k in scores)
+    cam = np.maximum(cam, 0)
+    expected = cam / cam.max() if cam.max() > 0 else cam
+    np.testing.assert_allclose(result.saliency, expected, atol=1e-4)
+    for kind in ("black", "blur"):
+        out = Explainer(tiny, preset="unit", baseline=kind).explain(image).saliency
+        assert np.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+
+
+def test_explainer_pickles_as_its_config(tiny, image):
+    explainer = Explainer(tiny, preset="unit", batch_size=3)
+    clone = pickle.loads(pickle.dumps(explainer))
+    assert clone.config == explainer.config
+    np.testing.assert_array_equal(clone.explain(image).saliency, explainer.explain(image).saliency)
+
+
+def test_labels_from_metadata_and_argument(tmp_path, weights, image):
+    meta = {"labels": '["cat", "dog", "cup"]', "onnxcam.preset": "unit"}
+    model = build_tiny(tmp_path / "m.onnx", weights, metadata=meta)
+    result = Explainer(model).explain(image)
+    assert result.label == ["cat", "dog", "cup"][result.class_index]
+    assert result.options["preprocess"]["scale"] == pytest.approx(1 / 255)
+    named = Explainer(model, labels=["a", "b", "c"]).explain(image)
+    assert named.label == "abc"[named.class_index]
+    assert [t[1] for t in named.top5] == [("abc")[t[0]] for t in named.top5]
+
+
+def test_bad_target_and_options(tiny, image):
+    with pytest.raises(ConfigError, match="out of range"):
+        Explainer(tiny).explain(image, target=3)
+    with pytest.raises(ConfigError, match="baseline"):
+        Explainer(tiny, baseline="gray")
+    with pytest.raises(ConfigError, match="preset"):
+        Explainer(tiny, preset="nope")
+
+
+def test_nan_output_is_reported(tmp_path, image):
+    weights = TinyWeights(
+        np.full((5, 3, 3, 3), np.nan, np.float32),
+        np.zeros(5, np.float32),
+        np.ones((3, 5), np.float32),
+        np.zeros(3, np.float32),
+    )
+    model = build_tiny(tmp_path / "nan.onnx", weights)
+    with pytest.raises(NumericalError, match="NaN"):
+        Explainer(model).explain(image)
+
+
+def test_result_save_writes_the_four_files(tiny, image, tmp_path: Path):
+    result = Explainer(tiny, preset="unit").explain(image)
+    paths = result.save(tmp_path / "out", stem="img")
+    assert {p.name for p in paths.values()} == {
+        "img.json", "img.npy", "img_overlay.png", "img_saliency.png",
+    }  # fmt: skip
+    np.testing.assert_array_equal(np.load(paths["npy"]), result.saliency)
