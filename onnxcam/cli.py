@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 from . import graph, preprocess
-from .errors import OnnxCamError, OutputError
+from .errors import ConfigError, OnnxCamError, OutputError
 from .explain import BASELINES, Explainer, version
 from .render import ensure_dir
 from .runtime import DEVICES
@@ -240,8 +241,8 @@ def explain(
             try:
                 result = explainer.explain(path, target=target)
                 paths = result.save(out_dir, stem=stem, alpha=alpha)
-            except OutputError:
-                raise
+            except (ConfigError, OutputError):
+                raise  # not about this image: stop the run
             except OnnxCamError as exc:
                 failures += 1
                 click.echo(f"\nerror: {exc}" if show_bar else f"error: {exc}", err=True)
@@ -260,13 +261,24 @@ def explain(
             (out_dir / "results.jsonl").write_text(lines, encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"cannot write {out_dir / 'results.jsonl'}: {exc}") from exc
+    if failures and len(files) == 1:
+        sys.exit(1)  # the error line above says it all
     if failures:
         raise click.ClickException(f"{failures} of {len(files)} images failed")
 
 
 def main() -> None:
     """Console-script entry point."""
+    _quiet_opencv()
     cli(prog_name="onnxcam")
+
+
+def _quiet_opencv() -> None:
+    # OpenCV writes decoder warnings straight to stderr; onnxcam reports bad images itself.
+    import cv2
+
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ from . import graph, preprocess, scorecam
 from .errors import ConfigError, ModelError
 from .labels import labels_from_metadata, load_labels
 from .preprocess import InputSpec, Normalization
-from .runtime import Session
+from .runtime import Session, installed_runtimes
 from .scorecam import ScoreCamOptions
 from .targets import ClassifierTarget, class_scores, is_distribution, softmax
 
@@ -196,6 +196,12 @@ class Explainer:
         _validate(config)
         self.config = config
         self.notes: list[str] = []
+        runtimes = installed_runtimes()
+        if len(runtimes) > 1:
+            self.notes.append(
+                f"several ONNX Runtime builds are installed ({', '.join(runtimes)}); they "
+                "overwrite each other's files: keep one (pip uninstall the others, reinstall it)"
+            )
         model = graph.load_model(config.model)
         index = graph.GraphIndex(model)
         self.metadata = {p.key: p.value for p in model.metadata_props}

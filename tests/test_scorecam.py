@@ -73,7 +73,9 @@ def test_combine_is_relu_of_weighted_upsampled_sum_over_its_max():
     acts = rng.uniform(size=(3, 4, 4)).astype(np.float32)
     w = np.array([1.0, -2.0, 0.5])
     cam = scorecam.combine(acts, w, (12, 12), ScoreCamOptions())
-    ref = sum(w[k] * cv2.resize(acts[k], (12, 12), interpolation=cv2.INTER_LINEAR) for k in range(3))
+    ref = sum(
+        w[k] * cv2.resize(acts[k], (12, 12), interpolation=cv2.INTER_LINEAR) for k in range(3)
+    )
     ref = np.maximum(ref, 0)
     np.testing.assert_allclose(cam, ref / ref.max(), atol=1e-5)
     assert cam.dtype == np.float32 and cam.max() == pytest.approx(1.0)

@@ -1,0 +1,369 @@
+"""The command line: bad input gets one clear line and a non-zero exit (SPEC §8), good input
+gets its four files and a complete JSON record."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from conftest import SIZE, TinyWeights, build_tiny, tiny_weights
+
+from onnxcam.cli import cli
+
+OUTPUT_FILES = ("{}.json", "{}.npy", "{}_overlay.png", "{}_saliency.png")
+RECORD_KEYS = {
+    "model", "node", "tensor", "class_index", "label", "score", "top5", "method",
+    "channels_total", "channels_used", "channels_skipped", "provider", "timings",
+    "onnxcam_version",
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def inputs(tmp_path: Path, image: np.ndarray) -> Path:
+    """A folder holding only the inputs: a tiny model and a good 16x16 PNG."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    build_tiny(folder / "model.onnx", tiny_weights())
+    write_png(folder / "good.png", image)
+    return folder
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "out"
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes: proves nothing was added or changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def explain(model: Path, *images: Path, out: Path, extra: tuple[str, ...] = ()) -> Result:
+    return invoke("explain", model, *images, "-o", out, "--preset", "unit", *extra)
+
+
+def assert_clear_failure(result: Result, *phrases: str) -> str:
+    """Non-zero exit handled by the CLI (no traceback, no 'unexpected' wrapper), and exactly
+    one output line naming the problem with every one of ``phrases``. Returns that line."""
+    output = result.output
+    assert result.exit_code != 0, output
+    assert isinstance(result.exception, SystemExit), (repr(result.exception), output)
+    assert "Traceback" not in output, output
+    assert "unexpected" not in output.lower(), output
+    lines = [line for line in output.splitlines() if all(p in line for p in phrases)]
+    assert len(lines) == 1, f"expected one line with {phrases!r} in:\n{output}"
+    return lines[0]
+
+
+def run_bad(
+    inputs: Path, out: Path, model: Path, image: Path, *phrases: str, extra: tuple[str, ...] = ()
+) -> str:
+    """Explain a bad input; assert a clear failure and that no file appeared or changed."""
+    before = snapshot(inputs)
+    result = explain(model, image, out=out, extra=extra)
+    line = assert_clear_failure(result, *phrases)
+    assert snapshot(inputs) == before, "files next to the inputs were written or changed"
+    assert files_in(out) == [], "a failed run left result files behind"
+    return line
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming ``width`` x ``height``, plus a few junk bytes."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return b"\x89PNG\r\n\x1a\n" + chunk + crc + b"\x00" * 64
+
+
+# ----------------------------------------------------------------------------- bad models
+
+
+def test_missing_model(inputs: Path, out: Path) -> None:
+    line = run_bad(inputs, out, inputs / "nope.onnx", inputs / "good.png", "not found")
+    assert "nope.onnx" in line
+
+
+@pytest.mark.parametrize("kind", ["text", "png"])
+def test_model_that_is_not_onnx(inputs: Path, out: Path, kind: str) -> None:
+    fake = inputs / "fake.onnx"
+    if kind == "text":
+        fake.write_text("this is not a model\n", encoding="utf-8")
+    else:
+        fake.write_bytes((inputs / "good.png").read_bytes())
+    line = run_bad(inputs, out, fake, inputs / "good.png", "cannot read")
+    assert "fake.onnx" in line and "ONNX" in line
+
+
+def test_truncated_model(inputs: Path, out: Path) -> None:
+    data = (inputs / "model.onnx").read_bytes()
+    cut = inputs / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    line = run_bad(inputs, out, cut, inputs / "good.png", "cut.onnx")
+    assert any(p in line for p in ("cannot read", "truncated", "not a usable")), line
+
+
+def test_empty_model(inputs: Path, out: Path) -> None:
+    empty = inputs / "empty.onnx"
+    empty.write_bytes(b"")
+    run_bad(inputs, out, empty, inputs / "good.png", "empty", "empty.onnx")
+
+
+def test_model_with_nan_output(inputs: Path, out: Path) -> None:
+    nan = TinyWeights(
+        np.full((5, 3, 3, 3), np.nan, np.float32),
+        np.zeros(5, np.float32),
+        np.ones((3, 5), np.float32),
+        np.zeros(3, np.float32),
+    )
+    model = build_tiny(inputs / "nan.onnx", nan)
+    run_bad(inputs, out, model, inputs / "good.png", "NaN")
+
+
+# ----------------------------------------------------------------------------- bad nodes
+
+
+def test_unknown_node_suggests_the_closest(inputs: Path, out: Path) -> None:
+    line = run_bad(
+        inputs, out, inputs / "model.onnx", inputs / "good.png", "features/cnv", "closest",
+        extra=("--node", "features/cnv"),
+    )  # fmt: skip
+    assert "features/conv" in line.split("closest", 1)[1]
+
+
+@pytest.mark.parametrize("node", ["head/gap", "head/fc"])
+def test_non_spatial_node_names_the_nearest_map(inputs: Path, out: Path, node: str) -> None:
+    line = run_bad(
+        inputs, out, inputs / "model.onnx", inputs / "good.png", "not a spatial feature map",
+        extra=("--node", node),
+    )  # fmt: skip
+    assert node in line
+    assert "features/relu" in line  # the spatial map just before the head
+
+
+# ----------------------------------------------------------------------------- bad images
+
+
+def test_text_file_named_png(inputs: Path, out: Path) -> None:
+    bad = inputs / "notes.png"
+    bad.write_text("not pixels at all\n", encoding="utf-8")
+    run_bad(inputs, out, inputs / "model.onnx", bad, "notes.png", "not a readable image")
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_truncated_image(inputs: Path, out: Path, image: np.ndarray, ext: str) -> None:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(cv2.resize(image, (64, 64)), cv2.COLOR_RGB2BGR))
+    assert ok
+    data = buf.tobytes()
+    bad = inputs / f"half{ext}"
+    bad.write_bytes(data[: len(data) // 2])
+    run_bad(inputs, out, inputs / "model.onnx", bad, f"half{ext}", "truncated")
+
+
+def test_empty_image(inputs: Path, out: Path) -> None:
+    bad = inputs / "empty.png"
+    bad.write_bytes(b"")
+    run_bad(inputs, out, inputs / "model.onnx", bad, "empty.png", "empty")
+
+
+def test_missing_image(inputs: Path, out: Path) -> None:
+    run_bad(inputs, out, inputs / "model.onnx", inputs / "gone.png", "gone.png", "not found")
+
+
+def test_one_pixel_image(inputs: Path, out: Path) -> None:
+    bad = write_png(inputs / "dot.png", np.full((1, 1, 3), 200, np.uint8))
+    line = run_bad(inputs, out, inputs / "model.onnx", bad, "dot.png", "1×1")
+    assert "at least" in line
+
+
+def test_huge_image_is_refused_from_its_header(
+    inputs: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = inputs / "huge.png"
+    bad.write_bytes(png_header_only(100_000, 100_000))
+    decoded: list[int] = []
+    real_imdecode = cv2.imdecode
+
+    def spy(buf, flags):
+        decoded.append(len(buf))
+        return real_imdecode(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", spy)
+    line = run_bad(inputs, out, inputs / "model.onnx", bad, "huge.png", "pixels")
+    assert "100000×100000" in line and "--max-pixels" in line
+    assert decoded == [], "the image was decoded before its size was checked"
+
+
+def test_max_pixels_lowers_and_raises_the_limit(inputs: Path, out: Path) -> None:
+    good = inputs / "good.png"
+    line = run_bad(
+        inputs, out, inputs / "model.onnx", good, "good.png", "pixels",
+        extra=("--max-pixels", str(SIZE * SIZE - 1)),
+    )  # fmt: skip
+    assert f"{SIZE}×{SIZE}" in line
+    result = explain(inputs / "model.onnx", good, out=out, extra=("--max-pixels", str(SIZE * SIZE)))
+    assert result.exit_code == 0, result.output
+    assert files_in(out) == sorted(f.format("good") for f in OUTPUT_FILES)
+
+
+# ----------------------------------------------------------------------------- bad output
+
+
+def test_output_below_a_regular_file(inputs: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me\n", encoding="utf-8")
+    run_bad(inputs, blocker / "out", inputs / "model.onnx", inputs / "good.png", "cannot create")
+    assert blocker.read_text(encoding="utf-8") == "keep me\n"
+
+
+def test_output_is_a_regular_file(inputs: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me\n", encoding="utf-8")
+    before = snapshot(inputs)
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=blocker)
+    assert_clear_failure(result, "file.txt", "not a folder")
+    assert blocker.read_text(encoding="utf-8") == "keep me\n"
+    assert snapshot(inputs) == before
+
+
+# ----------------------------------------------------------------------------- folder runs
+
+
+def test_folder_run_skips_the_bad_image_and_explains_the_rest(
+    inputs: Path, out: Path, image: np.ndarray
+) -> None:
+    folder = inputs / "images"
+    folder.mkdir()
+    write_png(folder / "a.png", image)
+    write_png(folder / "b.png", image[::-1].copy())
+    (folder / "broken.png").write_text("no pixels here\n", encoding="utf-8")
+    before = snapshot(inputs)
+    result = explain(inputs / "model.onnx", folder, out=out)
+    assert_clear_failure(result, "broken.png", "not a readable image")
+    assert "Traceback" not in result.output
+    assert snapshot(inputs) == before
+    expected = sorted([*(f.format(s) for s in ("a", "b") for f in OUTPUT_FILES), "results.jsonl"])
+    assert files_in(out) == expected
+    lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 2
+    assert sorted(Path(r["source"]).name for r in records) == ["a.png", "b.png"]
+
+
+# ----------------------------------------------------------------------------- good runs
+
+
+def test_nodes_lists_the_spatial_maps_and_marks_auto(inputs: Path) -> None:
+    result = invoke("nodes", inputs / "model.onnx")
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if line.rstrip().endswith("NCHW")]
+    rows = {line.lstrip("* ").split()[0]: line for line in table}
+    assert set(rows) == {"features/conv", "features/relu"}
+    assert rows["features/relu"].startswith("*") and " feat " in rows["features/relu"]
+    assert not rows["features/conv"].startswith("*")
+    assert "head/gap" not in result.output and "head/fc" not in result.output
+    assert "auto picks 'feat'" in result.output
+
+
+def test_explain_one_image_writes_four_files_and_a_full_record(
+    inputs: Path, out: Path, image: np.ndarray
+) -> None:
+    before = snapshot(inputs)
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out)
+    assert result.exit_code == 0, result.output
+    assert snapshot(inputs) == before
+    assert files_in(out) == sorted(f.format("good") for f in OUTPUT_FILES)
+    record = json.loads((out / "good.json").read_text(encoding="utf-8"))
+    assert set(record) >= RECORD_KEYS
+    assert {"activation_s", "masked_s", "total_s"} <= set(record["timings"])
+    assert record["node"] == "features/relu" and record["tensor"] == "feat"
+    assert record["method"] == "scorecam"
+    assert record["channels_total"] == 5
+    assert record["channels_used"] + record["channels_skipped"] == 5
+    assert 0 <= record["class_index"] < 3 and 0.0 < record["score"] <= 1.0
+    assert record["top5"][0]["index"] == record["class_index"]
+    assert len(record["top5"]) == 3
+    saliency = np.load(out / "good.npy")
+    assert saliency.shape == image.shape[:2] and saliency.dtype == np.float32
+    assert np.isfinite(saliency).all() and saliency.min() >= 0.0 and saliency.max() <= 1.0
+    overlay = cv2.imread(str(out / "good_overlay.png"), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == (*image.shape[:2], 3)
+    gray = cv2.imread(str(out / "good_saliency.png"), cv2.IMREAD_UNCHANGED)
+    assert gray.shape == image.shape[:2]
+    assert "good.png" in result.output and "good_overlay.png" in result.output
+
+
+def test_debug_shows_the_traceback_and_plain_run_does_not(inputs: Path, out: Path) -> None:
+    bad = inputs / "bad.onnx"
+    bad.write_text("not a model\n", encoding="utf-8")
+    args = ("explain", bad, inputs / "good.png", "-o", out)
+    plain = invoke(*args)
+    assert_clear_failure(plain, "cannot read", "bad.onnx")
+    debug = invoke("--debug", *args)
+    assert debug.exit_code != 0
+    assert debug.exception is not None and not isinstance(debug.exception, SystemExit)
+    assert "bad.onnx" in str(debug.exception)
+
+
+def test_target_out_of_range(inputs: Path, out: Path) -> None:
+    line = run_bad(
+        inputs, out, inputs / "model.onnx", inputs / "good.png", "out of range",
+        extra=("--target", "99"),
+    )  # fmt: skip
+    assert "99" in line and "3 classes" in line
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "phrase"),
+    [("--size", "abc", "not a size"), ("--mean", "1,2", "1 or 3 numbers")],
+)
+def test_malformed_options_are_usage_errors(
+    inputs: Path, out: Path, option: str, value: str, phrase: str
+) -> None:
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out, extra=(option, value))
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.output and option in result.output
+    assert_clear_failure(result, phrase)
+    assert not out.exists()
+
+
+def test_real_process_prints_only_its_own_message(inputs: Path, out: Path) -> None:
+    """Outside CliRunner: no library warnings (e.g. OpenCV's) leak onto the terminal."""
+    ok, buf = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8) + 7)
+    assert ok
+    data = buf.tobytes()
+    bad = inputs / "half.png"
+    bad.write_bytes(data[: len(data) // 2])
+    args = ["explain", inputs / "model.onnx", bad, "-o", out, "--preset", "unit"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxcam.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if "half.png" in line], proc.stderr
+    assert not [line for line in lines if "WARN" in line], proc.stderr
