@@ -16,6 +16,7 @@ from .errors import ConfigError, OnnxCamError, OutputError
 from .explain import BASELINES, Explainer, version
 from .render import ensure_dir
 from .runtime import DEVICES
+from .scorecam import COMPAT
 
 IMAGE_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm",
@@ -173,6 +174,13 @@ def _stems(images: list[Path]) -> list[str]:
     show_default=True,
     help="Score subtracted from each masked score.",
 )
+@click.option(
+    "--compat",
+    type=click.Choice(list(COMPAT)),
+    default="official",
+    show_default=True,
+    help="Reproduce another implementation's Score-CAM (see README).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
@@ -210,6 +218,7 @@ def explain(
     layout: str | None,
     target: int | None,
     baseline: str,
+    compat: str,
     batch_size: int | None,
     threads: int | None,
     device: str,
@@ -223,8 +232,8 @@ def explain(
         raise click.ClickException("no image files found in " + ", ".join(map(str, images)))
     explainer = Explainer(
         model, node=node, preset=preset, mean=mean, std=std, scale=scale, bgr=bgr, size=size,
-        layout=layout, baseline=baseline, batch_size=batch_size, threads=threads, device=device,
-        labels=labels_file, max_pixels=max_pixels,
+        layout=layout, baseline=baseline, compat=compat, batch_size=batch_size, threads=threads,
+        device=device, labels=labels_file, max_pixels=max_pixels,
     )  # fmt: skip
     ensure_dir(out_dir)
     for note in explainer.notes:

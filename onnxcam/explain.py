@@ -18,7 +18,7 @@ from .errors import ConfigError, ModelError
 from .labels import labels_from_metadata, load_labels
 from .preprocess import InputSpec, Normalization
 from .runtime import Session, installed_runtimes
-from .scorecam import ScoreCamOptions
+from .scorecam import COMPAT, ScoreCamOptions
 from .targets import ClassifierTarget, class_scores, is_distribution, softmax
 
 __all__ = ["BASELINES", "Explainer", "ExplainerConfig", "Result", "version"]
@@ -134,6 +134,8 @@ class Explainer:
         labels: a labels file or a sequence of names (default: the model's metadata).
         max_pixels: refuse images with more pixels than this.
         options: the Score-CAM variant (see :class:`ScoreCamOptions`).
+        compat: ``official`` (default), ``grad-cam`` or ``torchcam``: a named bundle of
+            options reproducing that implementation's maps (exclusive with ``options``).
     """
 
     def __init__(
@@ -155,7 +157,14 @@ class Explainer:
         labels: str | Path | Sequence[str] | None = None,
         max_pixels: int = preprocess.DEFAULT_MAX_PIXELS,
         options: ScoreCamOptions | None = None,
+        compat: str | None = None,
     ) -> None:
+        if compat is not None:
+            if options is not None:
+                raise ConfigError("pass either compat or options, not both")
+            if compat not in COMPAT:
+                raise ConfigError(f"unknown compat '{compat}'; valid: {', '.join(COMPAT)}")
+            options = COMPAT[compat]
         label_spec: str | tuple[str, ...] | None
         if labels is None or isinstance(labels, (str, Path)):
             label_spec = None if labels is None else str(labels)
@@ -281,8 +290,10 @@ class Explainer:
         acts = _channels_first(out[feature][0], self.candidate.layout).astype(np.float32)
         t_act = time.perf_counter()
 
-        score = ClassifierTarget(self.class_output, class_index, options.score, is_prob)
-        weights, passes, skipped, t_masks, t_masked = self._weights(acts, x, rgb, score)
+        kind = "probability" if options.score == "probability" else "logit"
+        score = ClassifierTarget(self.class_output, class_index, kind, is_prob)
+        clean = float(score(out)[0])
+        weights, passes, skipped, t_masks, t_masked = self._weights(acts, x, rgb, score, clean)
         t_comb0 = time.perf_counter()
         size = (self.spec.height, self.spec.width)
         cam = scorecam.combine(acts, weights, size, options)
@@ -318,6 +329,7 @@ class Explainer:
                 "total_s": t_end - t0,
             },
             options={
+                "compat": next((k for k, v in COMPAT.items() if v == options), "custom"),
                 **asdict(options),
                 "baseline": config.baseline,
                 "batch_size": self.batch_size(),
@@ -330,14 +342,24 @@ class Explainer:
         )
 
     def _weights(
-        self, acts: np.ndarray, x: np.ndarray, rgb: np.ndarray, score: ClassifierTarget
+        self,
+        acts: np.ndarray,
+        x: np.ndarray,
+        rgb: np.ndarray,
+        score: ClassifierTarget,
+        clean_score: float,
     ) -> tuple[np.ndarray, int, int, float, float]:
         """Channel weights, and (passes run, channels skipped, mask time, run time)."""
         options = self.config.options
-        constant, reps, owner = scorecam.distinct_channels(acts)
+        constant, reps, owner = scorecam.distinct_channels(acts, eps=options.mask_eps)
         outputs = [self.class_output]
         base = preprocess.baseline_tensor(self.config.baseline, rgb, x, self.spec, self.norm)
-        base_score = 0.0 if base is None else float(score(self.session.run(base, outputs))[0])
+        if options.score == "logit_delta":
+            base_score = clean_score
+        elif base is None:
+            base_score = 0.0
+        else:
+            base_score = float(score(self.session.run(base, outputs))[0])
 
         size = (self.spec.height, self.spec.width)
         n_chunks = max(1, math.ceil(len(reps) / self.batch_size()))
@@ -384,6 +406,10 @@ class Explainer:
 
 
 def _validate(config: ExplainerConfig) -> None:
+    if config.options.score == "logit_delta" and config.baseline != "none":
+        raise ConfigError(
+            "score 'logit_delta' already subtracts the clean image's score; use baseline 'none'"
+        )
     if config.baseline not in BASELINES:
         raise ConfigError(f"unknown baseline '{config.baseline}'; valid: {', '.join(BASELINES)}")
     if config.preset is not None and config.preset not in preprocess.PRESETS:

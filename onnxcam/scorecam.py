@@ -18,7 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
+
 __all__ = [
+    "COMPAT",
+    "SCORES",
     "ScoreCamOptions",
     "apply_masks",
     "channel_weights",
@@ -33,28 +37,73 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ScoreCamOptions:
-    """The knobs on which Score-CAM implementations differ.
+    """The knobs on which Score-CAM implementations differ (see ``COMPAT`` for bundles).
 
     Attributes:
-        score: ``"probability"`` (softmax of the output, unless it already is one) or
-            ``"logit"`` (the raw output).
-        channel_softmax: replace the scores by a softmax across channels.
+        score: ``"probability"`` (softmax of the output, unless it already is one),
+            ``"logit"`` (the raw output) or ``"logit_delta"`` (raw output minus the clean
+            image's).
+        channel_softmax: replace the channel scores by their softmax across channels.
         align_corners: upsample masks with corner-aligned bilinear interpolation.
         normalize_first: min-max each channel at feature resolution, then upsample it.
-        combine_at: ``"input"`` (ReLU of the upsampled sum) or ``"feature"`` (ReLU and
-            min-max at feature resolution, then upsample and min-max again).
+        mask_eps: added to the mask min-max denominator.
         skip_constant: give constant channels weight 0 without running them; otherwise they
-            are scored as the all-zero mask.
-        eps: added to min-max denominators (0 means exact division).
+            are scored as the all-zero mask (as libraries that do not skip them do).
+        combine_at: ``"input"``: ``ReLU(Up(Σ w_k A_k))`` divided by its max; ``"feature"``:
+            ``minmax(ReLU(Σ w_k A_k))`` at feature resolution, then upsampled.
+        cam_eps: added to the min-max denominators of the ``"feature"`` combination.
+        renormalize: min-max the upsampled ``"feature"`` combination once more.
     """
 
     score: str = "probability"
     channel_softmax: bool = False
     align_corners: bool = False
     normalize_first: bool = False
-    combine_at: str = "input"
+    mask_eps: float = 0.0
     skip_constant: bool = True
-    eps: float = 0.0
+    combine_at: str = "input"
+    cam_eps: float = 0.0
+    renormalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"unknown score '{self.score}'; valid: {', '.join(SCORES)}")
+        if self.combine_at not in ("input", "feature"):
+            raise ConfigError(f"unknown combine_at '{self.combine_at}'; valid: input, feature")
+
+
+SCORES = ("probability", "logit", "logit_delta")
+
+#: Named bundles that reproduce other implementations' maps.
+COMPAT: dict[str, ScoreCamOptions] = {
+    # haofanwang/Score-CAM: softmax probability, masks and combination at input resolution,
+    # constant channels skipped. The final map is divided by its max (SPEC §2).
+    "official": ScoreCamOptions(),
+    # pytorch-grad-cam ScoreCAM: raw logit, align_corners=True masks with eps 1e-8, softmax
+    # across channels, ReLU and min-max (eps 1e-7) at feature resolution, cv2.resize, min-max.
+    "grad-cam": ScoreCamOptions(
+        score="logit",
+        channel_softmax=True,
+        align_corners=True,
+        mask_eps=1e-8,
+        skip_constant=False,
+        combine_at="feature",
+        cam_eps=1e-7,
+        renormalize=True,
+    ),
+    # torchcam ScoreCAM: per-channel min-max (eps 1e-8) at feature resolution, then
+    # align_corners=False upsampling; logit minus clean logit, softmax across channels; ReLU
+    # and min-max (eps 1e-8) at feature resolution; upsampled without renormalising.
+    "torchcam": ScoreCamOptions(
+        score="logit_delta",
+        channel_softmax=True,
+        normalize_first=True,
+        mask_eps=1e-8,
+        skip_constant=False,
+        combine_at="feature",
+        cam_eps=1e-8,
+    ),
+}
 
 
 def interp_matrix(n_in: int, n_out: int, *, align_corners: bool = False) -> np.ndarray:
@@ -95,7 +144,9 @@ def minmax(maps: np.ndarray, *, eps: float = 0.0) -> np.ndarray:
     return np.where(span > 0, (maps - lo) / safe, 0.0).astype(np.float32)
 
 
-def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def distinct_channels(
+    acts: np.ndarray, *, eps: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort channels into constant ones and groups that give the same mask.
 
     Two channels give the same mask when their min-max normalised maps are equal (for
@@ -103,6 +154,7 @@ def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     Args:
         acts: (K, h, w) activations.
+        eps: the mask denominator's eps (with eps > 0 only exact copies are merged).
 
     Returns:
         ``(constant, representatives, owner)``: a boolean (K,) mask of constant channels;
@@ -112,7 +164,7 @@ def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     k = acts.shape[0]
     flat = acts.reshape(k, -1)
     constant = flat.max(axis=1) == flat.min(axis=1)
-    normalized = minmax(acts).reshape(k, -1)
+    normalized = minmax(acts, eps=eps).reshape(k, -1)
     owner = np.full(k, -1, np.int64)
     seen: dict[bytes, int] = {}
     reps: list[int] = []
@@ -140,11 +192,11 @@ def iter_masks(
         part = acts[channels[start : start + chunk]]
         if options.normalize_first:
             masks = upsample(
-                minmax(part, eps=options.eps), size, align_corners=options.align_corners
+                minmax(part, eps=options.mask_eps), size, align_corners=options.align_corners
             )
         else:
             masks = minmax(
-                upsample(part, size, align_corners=options.align_corners), eps=options.eps
+                upsample(part, size, align_corners=options.align_corners), eps=options.mask_eps
             )
         yield masks
 
@@ -184,8 +236,9 @@ def combine(
     """
     summed = np.tensordot(weights.astype(np.float64), acts.astype(np.float64), axes=1)
     if options.combine_at == "feature":
-        small = minmax(np.maximum(summed, 0.0)[None], eps=options.eps)[0]
-        return minmax(upsample(small, size, align_corners=False)[None], eps=options.eps)[0]
+        small = minmax(np.maximum(summed, 0.0)[None], eps=options.cam_eps)[0]
+        cam = upsample(small, size, align_corners=False)
+        return minmax(cam[None], eps=options.cam_eps)[0] if options.renormalize else cam
     cam = np.maximum(upsample(summed, size, align_corners=False), 0.0)
     peak = float(cam.max(initial=0.0))
     if peak <= 0.0 or not np.isfinite(peak):
