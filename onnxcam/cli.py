@@ -13,6 +13,8 @@ import click
 
 from . import graph, preprocess
 from .errors import ConfigError, OnnxCamError, OutputError
+from .evaluate import METHODS, SUBSTRATES, summarize
+from .evaluate import evaluate as run_evaluation
 from .explain import BASELINES, Explainer, version
 from .render import ensure_dir
 from .runtime import DEVICES
@@ -142,10 +144,88 @@ def _stems(images: list[Path]) -> list[str]:
     return stems
 
 
+# Options shared by every command that builds an Explainer, in the order --help shows them.
+_EXPLAINER_OPTIONS = [
+    click.option("--node", default="auto", show_default=True,
+                 help="Node name, tensor name, or auto."),
+    click.option("--preset", type=click.Choice(sorted(preprocess.PRESETS)),
+                 help="Input normalisation (default: the model's metadata, else imagenet)."),
+    click.option("--mean", callback=_floats, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
+    click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
+    click.option("--scale", type=float, help="Pixel (0..255) multiplier applied before mean/std."),
+    click.option("--bgr/--rgb", default=None, help="Colour order the model expects."),
+    click.option("--size", callback=_size, help="Input size HxW when the model's is dynamic."),
+    click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
+                 help="Override layout detection."),
+    click.option("--target", type=int, help="Class index to explain (default: the top class)."),
+    click.option("--baseline", type=click.Choice(BASELINES), default="none", show_default=True,
+                 help="Score subtracted from each masked score."),
+    click.option("--compat", type=click.Choice(list(COMPAT)), default="official",
+                 show_default=True, help="Reproduce another implementation's Score-CAM."),
+    click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run."),
+    click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--labels", "labels_file", type=click.Path(path_type=Path),
+                 help="Class names: one per line, or JSON."),
+    click.option("--max-pixels", type=click.IntRange(min=1),
+                 default=preprocess.DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Refuse images larger than this many pixels."),
+]  # fmt: skip
+
+
+def explainer_options(command: Any) -> Any:
+    """Decorate a command with the shared Explainer options."""
+    for option in reversed(_EXPLAINER_OPTIONS):
+        command = option(command)
+    return command
+
+
+def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
+    """Build the Explainer from the shared options (``target`` is per call, not per model)."""
+    explainer = Explainer(
+        model,
+        node=options["node"],
+        preset=options["preset"],
+        mean=options["mean"],
+        std=options["std"],
+        scale=options["scale"],
+        bgr=options["bgr"],
+        size=options["size"],
+        layout=options["layout"],
+        baseline=options["baseline"],
+        compat=options["compat"],
+        batch_size=options["batch_size"],
+        threads=options["threads"],
+        device=options["device"],
+        labels=options["labels_file"],
+        max_pixels=options["max_pixels"],
+    )
+    for note in explainer.notes:
+        click.echo(f"note: {note}", err=True)
+    return explainer
+
+
+def _files(images: tuple[Path, ...]) -> list[Path]:
+    files = collect_images(images)
+    if not files:
+        raise click.ClickException("no image files found in " + ", ".join(map(str, images)))
+    return files
+
+
+def _error(exc: OnnxCamError, after_bar: bool) -> None:
+    click.echo(f"\nerror: {exc}" if after_bar else f"error: {exc}", err=True)
+
+
+def _finish(failures: int, total: int) -> None:
+    if failures and total == 1:
+        sys.exit(1)  # the error line already says it all
+    if failures:
+        raise click.ClickException(f"{failures} of {total} images failed")
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--node", default="auto", show_default=True, help="Node name, tensor name, or auto.")
 @click.option(
     "-o",
     "--output",
@@ -155,41 +235,7 @@ def _stems(images: list[Path]) -> list[str]:
     show_default=True,
     help="Folder for the results.",
 )
-@click.option(
-    "--preset",
-    type=click.Choice(sorted(preprocess.PRESETS)),
-    help="Input normalisation (default: the model's metadata, else imagenet).",
-)
-@click.option("--mean", callback=_floats, help="Per-channel mean, e.g. 0.485,0.456,0.406.")
-@click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225.")
-@click.option("--scale", type=float, help="Pixel (0..255) multiplier applied before mean/std.")
-@click.option("--bgr/--rgb", default=None, help="Colour order the model expects.")
-@click.option("--size", callback=_size, help="Input size HxW when the model's is dynamic.")
-@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Override layout detection.")
-@click.option("--target", type=int, help="Class index to explain (default: the top class).")
-@click.option(
-    "--baseline",
-    type=click.Choice(BASELINES),
-    default="none",
-    show_default=True,
-    help="Score subtracted from each masked score.",
-)
-@click.option(
-    "--compat",
-    type=click.Choice(list(COMPAT)),
-    default="official",
-    show_default=True,
-    help="Reproduce another implementation's Score-CAM (see README).",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option(
-    "--labels",
-    "labels_file",
-    type=click.Path(path_type=Path),
-    help="Class names: one per line, or JSON.",
-)
+@explainer_options
 @click.option(
     "--alpha",
     type=click.FloatRange(0, 1),
@@ -197,67 +243,29 @@ def _stems(images: list[Path]) -> list[str]:
     show_default=True,
     help="Weight of the heat map in the overlay.",
 )
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=preprocess.DEFAULT_MAX_PIXELS,
-    show_default=True,
-    help="Refuse images larger than this many pixels.",
-)
 def explain(
-    model: Path,
-    images: tuple[Path, ...],
-    node: str,
-    out_dir: Path,
-    preset: str | None,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    scale: float | None,
-    bgr: bool | None,
-    size: tuple[int, int] | None,
-    layout: str | None,
-    target: int | None,
-    baseline: str,
-    compat: str,
-    batch_size: int | None,
-    threads: int | None,
-    device: str,
-    labels_file: Path | None,
-    alpha: float,
-    max_pixels: int,
+    model: Path, images: tuple[Path, ...], out_dir: Path, alpha: float, **options: Any
 ) -> None:
     """Explain IMAGES (files or folders) with Score-CAM; write maps and records to -o."""
-    files = collect_images(images)
-    if not files:
-        raise click.ClickException("no image files found in " + ", ".join(map(str, images)))
-    explainer = Explainer(
-        model, node=node, preset=preset, mean=mean, std=std, scale=scale, bgr=bgr, size=size,
-        layout=layout, baseline=baseline, compat=compat, batch_size=batch_size, threads=threads,
-        device=device, labels=labels_file, max_pixels=max_pixels,
-    )  # fmt: skip
+    files = _files(images)
+    explainer = open_explainer(model, options)
     ensure_dir(out_dir)
-    for note in explainer.notes:
-        click.echo(f"note: {note}", err=True)
     failures = 0
     records = []
-    stems = _stems(files)
     show_bar = len(files) > 1
-    with click.progressbar(
-        list(zip(files, stems, strict=True)), label="explaining", file=sys.stderr,
-        hidden=not show_bar,
-    ) as bar:  # fmt: skip
+    items = list(zip(files, _stems(files), strict=True))
+    with click.progressbar(items, label="explaining", file=sys.stderr, hidden=not show_bar) as bar:
         for path, stem in bar:
             try:
-                result = explainer.explain(path, target=target)
+                result = explainer.explain(path, target=options["target"])
                 paths = result.save(out_dir, stem=stem, alpha=alpha)
             except (ConfigError, OutputError):
                 raise  # not about this image: stop the run
             except OnnxCamError as exc:
                 failures += 1
-                click.echo(f"\nerror: {exc}" if show_bar else f"error: {exc}", err=True)
+                _error(exc, show_bar)
                 continue
-            record = result.to_record()
-            records.append(record)
+            records.append(result.to_record())
             label = f" {result.label}" if result.label else ""
             click.echo(
                 f"{path}: class {result.class_index}{label} (p={result.score:.3f}), "
@@ -265,15 +273,109 @@ def explain(
                 f"{result.timings['total_s']:.2f}s -> {paths['overlay']}"
             )
     if len(files) > 1:
-        lines = "".join(json.dumps(r) + "\n" for r in records)
-        try:
-            (out_dir / "results.jsonl").write_text(lines, encoding="utf-8")
-        except OSError as exc:
-            raise OutputError(f"cannot write {out_dir / 'results.jsonl'}: {exc}") from exc
-    if failures and len(files) == 1:
-        sys.exit(1)  # the error line above says it all
-    if failures:
-        raise click.ClickException(f"{failures} of {len(files)} images failed")
+        _write_text(out_dir / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    _finish(failures, len(files))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    type=click.Choice(METHODS),
+    help="Methods to compare (repeatable; default: all).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Deletion/insertion steps.",
+)
+@click.option(
+    "--substrate",
+    type=click.Choice(SUBSTRATES),
+    default="zero",
+    show_default=True,
+    help="What deleted pixels become (insertion always starts from a blur).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random map.")
+@click.option(
+    "-o",
+    "--output",
+    "out_file",
+    type=click.Path(path_type=Path),
+    default=Path("onnxcam_eval.json"),
+    show_default=True,
+    help="JSON file for per-image records and the summary.",
+)
+@explainer_options
+def evaluate(
+    model: Path,
+    images: tuple[Path, ...],
+    methods: tuple[str, ...],
+    steps: int,
+    substrate: str,
+    seed: int,
+    out_file: Path,
+    **options: Any,
+) -> None:
+    """Faithfulness metrics of Score-CAM and reference maps on IMAGES.
+
+    Average Drop (lower is better), Increase in Confidence (higher), Deletion AUC (lower) and
+    Insertion AUC (higher); see the README for the formulas.
+    """
+    files = _files(images)
+    explainer = open_explainer(model, options)
+    chosen = methods or METHODS
+    evaluations = []
+    failures = 0
+    show_bar = len(files) > 1
+    with click.progressbar(files, label="evaluating", file=sys.stderr, hidden=not show_bar) as bar:
+        for path in bar:
+            try:
+                evaluations += run_evaluation(
+                    explainer, path, methods=chosen, steps=steps, substrate=substrate,
+                    seed=seed, target=options["target"],
+                )  # fmt: skip
+            except ConfigError:
+                raise
+            except OnnxCamError as exc:
+                failures += 1
+                _error(exc, show_bar)
+    if evaluations:
+        table = summarize(evaluations)
+        header = f"{'method':<12}{'images':>7}{'avg drop %':>12}{'increase %':>12}"
+        click.echo(header + f"{'deletion':>10}{'insertion':>11}")
+        for method, row in table.items():
+            click.echo(
+                f"{method:<12}{int(row['images']):>7}{row['average_drop']:>12.2f}"
+                f"{row['increase_in_confidence']:>12.2f}{row['deletion_auc']:>10.4f}"
+                f"{row['insertion_auc']:>11.4f}"
+            )
+        document = {
+            "model": str(model),
+            "node": explainer.candidate.label,
+            "steps": steps,
+            "substrate": substrate,
+            "summary": table,
+            "records": [e.to_record() for e in evaluations],
+            "onnxcam_version": version(),
+        }
+        if out_file.parent != Path(""):
+            ensure_dir(out_file.parent)
+        _write_text(out_file, json.dumps(document, indent=2) + "\n")
+        click.echo(f"\nwrote {out_file}")
+    _finish(failures, len(files))
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def main() -> None:

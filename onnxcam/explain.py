@@ -21,7 +21,7 @@ from .runtime import Session, installed_runtimes
 from .scorecam import COMPAT, ScoreCamOptions
 from .targets import ClassifierTarget, class_scores, is_distribution, softmax
 
-__all__ = ["BASELINES", "Explainer", "ExplainerConfig", "Result", "version"]
+__all__ = ["BASELINES", "Explainer", "ExplainerConfig", "Forward", "Result", "version"]
 
 BASELINES = ("none", "zero", "black", "blur")
 PRESET_KEY = "onnxcam.preset"
@@ -62,9 +62,14 @@ class ExplainerConfig:
 
 @dataclass(frozen=True)
 class Result:
-    """One explanation. ``saliency`` is float32 (H, W) in [0, 1] at the image's own size."""
+    """One explanation.
+
+    ``saliency`` is float32 (H, W) in [0, 1] at the image's own size; ``saliency_input`` is
+    the same map at the model's input size, before that last resize.
+    """
 
     saliency: np.ndarray
+    saliency_input: np.ndarray
     image: np.ndarray
     class_index: int
     label: str | None
@@ -114,6 +119,22 @@ class Result:
 
         name = stem or (Path(self.source).stem if self.source else "image")
         return save_result(self, Path(out_dir), name, alpha=alpha)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One image through preprocessing and the activation pass."""
+
+    source: str | None
+    rgb: np.ndarray
+    x: np.ndarray
+    outputs: dict[str, np.ndarray]
+    probs: np.ndarray
+    is_probability: bool
+    class_index: int
+    acts: np.ndarray
+    preprocess_s: float
+    activation_s: float
 
 
 class Explainer:
@@ -259,19 +280,17 @@ class Explainer:
         wanted = self.config.batch_size or _budget_batch(self.spec)
         return max(1, min(wanted, self.max_batch or wanted))
 
-    def explain(self, image: str | Path | np.ndarray, *, target: int | None = None) -> Result:
-        """Explain one image (a path, or an RGB array) for ``target`` (default: top class)."""
+    def forward(self, image: str | Path | np.ndarray, *, target: int | None = None) -> Forward:
+        """Read and preprocess the image and run the activation pass (no masked passes)."""
         t0 = time.perf_counter()
-        config, options = self.config, self.config.options
         if isinstance(image, (str, Path)):
             source: str | None = str(image)
-            rgb = preprocess.read_image(image, max_pixels=config.max_pixels)
+            rgb = preprocess.read_image(image, max_pixels=self.config.max_pixels)
         else:
             source = None
             rgb = preprocess.as_rgb(image)
         x = preprocess.to_tensor(rgb, self.spec, self.norm)
         t_pre = time.perf_counter()
-
         feature = self.candidate.tensor
         out = self.session.run(x, [self.class_output, feature])
         logits = class_scores(out[self.class_output], self.class_output)
@@ -288,15 +307,42 @@ class Explainer:
         else:
             class_index = int(target)
         acts = _channels_first(out[feature][0], self.candidate.layout).astype(np.float32)
-        t_act = time.perf_counter()
+        return Forward(
+            source=source,
+            rgb=rgb,
+            x=x,
+            outputs=out,
+            probs=probs,
+            is_probability=is_prob,
+            class_index=class_index,
+            acts=acts,
+            preprocess_s=t_pre - t0,
+            activation_s=time.perf_counter() - t_pre,
+        )
 
-        kind = "probability" if options.score == "probability" else "logit"
-        score = ClassifierTarget(self.class_output, class_index, kind, is_prob)
+    def target(self, forward: Forward, kind: str = "probability") -> ClassifierTarget:
+        """The score function of ``forward``'s class: ``probability`` or ``logit``."""
+        return ClassifierTarget(
+            self.class_output, forward.class_index, kind, forward.is_probability
+        )
+
+    def explain(self, image: str | Path | np.ndarray, *, target: int | None = None) -> Result:
+        """Explain one image (a path, or an RGB array) for ``target`` (default: top class)."""
+        return self.explain_forward(self.forward(image, target=target))
+
+    def explain_forward(self, fwd: Forward) -> Result:
+        """Score-CAM for an image that has been through :meth:`forward`."""
+        t0 = time.perf_counter() - fwd.preprocess_s - fwd.activation_s
+        config, options = self.config, self.config.options
+        rgb, x, out, acts, probs = fwd.rgb, fwd.x, fwd.outputs, fwd.acts, fwd.probs
+        class_index, source, feature = fwd.class_index, fwd.source, self.candidate.tensor
+
+        score = self.target(fwd, "probability" if options.score == "probability" else "logit")
         clean = float(score(out)[0])
         weights, passes, skipped, t_masks, t_masked = self._weights(acts, x, rgb, score, clean)
         t_comb0 = time.perf_counter()
         size = (self.spec.height, self.spec.width)
-        cam = scorecam.combine(acts, weights, size, options)
+        cam = scorecam.combine(acts, weights, size, options).astype(np.float32)
         notes = list(self.notes)
         if not cam.any():
             notes.append("the saliency map is all zero: no channel raised the class score")
@@ -307,6 +353,7 @@ class Explainer:
         top = np.argsort(-probs[0], kind="stable")[:5]
         return Result(
             saliency=saliency,
+            saliency_input=cam,
             image=rgb,
             class_index=class_index,
             label=self._label(class_index),
@@ -321,8 +368,8 @@ class Explainer:
             masked_passes=passes,
             provider=self.provider,
             timings={
-                "preprocess_s": t_pre - t0,
-                "activation_s": t_act - t_pre,
+                "preprocess_s": fwd.preprocess_s,
+                "activation_s": fwd.activation_s,
                 "masks_s": t_masks,
                 "masked_s": t_masked,
                 "combine_s": t_end - t_comb0,
