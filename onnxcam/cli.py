@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from .evaluate import evaluate as run_evaluation
 from .explain import BASELINES, Explainer, version
 from .render import ensure_dir
 from .runtime import DEVICES
-from .scorecam import COMPAT
+from .scorecam import COMPAT, RANKS
 
 IMAGE_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm",
@@ -162,6 +163,10 @@ _EXPLAINER_OPTIONS = [
                  help="Score subtracted from each masked score."),
     click.option("--compat", type=click.Choice(list(COMPAT)), default="official",
                  show_default=True, help="Reproduce another implementation's Score-CAM."),
+    click.option("--channels", type=click.IntRange(min=1),
+                 help="Fast mode: score only the top N channels (default: all, exact)."),
+    click.option("--rank", type=click.Choice(RANKS), default="std", show_default=True,
+                 help="Fast-mode ranking: spatial std (Faster Score-CAM) or max (CSKIP)."),
     click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run."),
     click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
@@ -182,6 +187,9 @@ def explainer_options(command: Any) -> Any:
 
 def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
     """Build the Explainer from the shared options (``target`` is per call, not per model)."""
+    scorecam_options = replace(
+        COMPAT[options["compat"]], top_channels=options["channels"], rank=options["rank"]
+    )
     explainer = Explainer(
         model,
         node=options["node"],
@@ -193,7 +201,7 @@ def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
         size=options["size"],
         layout=options["layout"],
         baseline=options["baseline"],
-        compat=options["compat"],
+        options=scorecam_options,
         batch_size=options["batch_size"],
         threads=options["threads"],
         device=options["device"],
@@ -253,18 +261,17 @@ def explain(
     failures = 0
     records = []
     show_bar = len(files) > 1
-    items = list(zip(files, _stems(files), strict=True))
-    with click.progressbar(items, label="explaining", file=sys.stderr, hidden=not show_bar) as bar:
-        for path, stem in bar:
-            try:
-                result = explainer.explain(path, target=options["target"])
-                paths = result.save(out_dir, stem=stem, alpha=alpha)
-            except (ConfigError, OutputError):
-                raise  # not about this image: stop the run
-            except OnnxCamError as exc:
+    stems = _stems(files)
+    outcomes = explainer.explain_many(files, target=options["target"])
+    with click.progressbar(
+        outcomes, length=len(files), label="explaining", file=sys.stderr, hidden=not show_bar
+    ) as bar:
+        for path, stem, (_, result) in zip(files, stems, bar, strict=True):
+            if isinstance(result, OnnxCamError):
                 failures += 1
-                _error(exc, show_bar)
+                _error(result, show_bar)
                 continue
+            paths = result.save(out_dir, stem=stem, alpha=alpha)
             records.append(result.to_record())
             label = f" {result.label}" if result.label else ""
             click.echo(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from . import graph, preprocess, scorecam
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ModelError, OnnxCamError
 from .labels import labels_from_metadata, load_labels
 from .preprocess import InputSpec, Normalization
 from .runtime import Session, installed_runtimes
@@ -88,6 +88,7 @@ class Result:
     source: str | None = None
     notes: tuple[str, ...] = ()
     method: str = "scorecam"
+    channels_dropped: int = 0
 
     def to_record(self) -> dict[str, Any]:
         """The JSON record of SPEC §5 (no arrays)."""
@@ -105,6 +106,7 @@ class Result:
             "channels_total": self.channels_total,
             "channels_used": self.channels_used,
             "channels_skipped": self.channels_skipped,
+            "channels_dropped": self.channels_dropped,
             "masked_passes": self.masked_passes,
             "provider": self.provider,
             "timings": self.timings,
@@ -135,6 +137,37 @@ class Forward:
     acts: np.ndarray
     preprocess_s: float
     activation_s: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One image's masked passes: channels to run and how scores become weights."""
+
+    fwd: Forward
+    score: ClassifierTarget
+    reps: np.ndarray  # channel run for each distinct mask
+    owner: np.ndarray  # per channel: index into reps, -1 when not run
+    active: np.ndarray  # per channel: gets a weight
+    constant: np.ndarray  # per channel: constant map
+    base_score: float
+    blank_score: float | None  # score of the all-zero mask, when constant channels count
+
+
+def _rebatch(chunks: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Regroup a stream of (n_i, ...) arrays into batches of ``size`` rows (last one short)."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for block in chunks:
+        while len(block):
+            take = min(size - count, len(block))
+            pending.append(block[:take])
+            count += take
+            block = block[take:]
+            if count == size:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, count = [], 0
+    if count:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending)
 
 
 class Explainer:
@@ -332,25 +365,156 @@ class Explainer:
 
     def explain_forward(self, fwd: Forward) -> Result:
         """Score-CAM for an image that has been through :meth:`forward`."""
-        t0 = time.perf_counter() - fwd.preprocess_s - fwd.activation_s
-        config, options = self.config, self.config.options
-        rgb, x, out, acts, probs = fwd.rgb, fwd.x, fwd.outputs, fwd.acts, fwd.probs
-        class_index, source, feature = fwd.class_index, fwd.source, self.candidate.tensor
+        return self._explain_plans([self._plan(fwd)])[0]
 
+    def explain_many(
+        self,
+        images: Iterable[str | Path | np.ndarray],
+        *,
+        target: int | None = None,
+        group: int = 4,
+    ) -> Iterator[tuple[str | Path | np.ndarray, Result | OnnxCamError]]:
+        """Explain several images, packing their masked passes into shared batches.
+
+        Images are taken ``group`` at a time; a bad image does not stop the others.
+
+        Yields:
+            ``(image, result)`` in input order, where ``result`` is the :class:`Result` or
+            the image's :class:`OnnxCamError` (configuration and output errors still raise).
+        """
+        pending = list(images)
+        for start in range(0, len(pending), max(1, group)):
+            chunk = pending[start : start + max(1, group)]
+            outcomes: list[Result | OnnxCamError | None] = []
+            plans = []
+            for image in chunk:
+                try:
+                    plans.append(self._plan(self.forward(image, target=target)))
+                    outcomes.append(None)
+                except ConfigError:
+                    raise
+                except OnnxCamError as exc:
+                    outcomes.append(exc)
+            results = iter(self._explain_plans(plans)) if plans else iter(())
+            for image, outcome in zip(chunk, outcomes, strict=True):
+                yield image, outcome if outcome is not None else next(results)
+
+    def _plan(self, fwd: Forward) -> _Plan:
+        """Which channels need a masked pass, and what each score is measured against."""
+        options = self.config.options
+        acts = fwd.acts
         score = self.target(fwd, "probability" if options.score == "probability" else "logit")
-        clean = float(score(out)[0])
-        weights, passes, skipped, t_masks, t_masked = self._weights(acts, x, rgb, score, clean)
-        t_comb0 = time.perf_counter()
+        constant, reps, owner = scorecam.distinct_channels(acts, eps=options.mask_eps)
+        selected = np.ones(acts.shape[0], bool)
+        if options.top_channels is not None:
+            selected = scorecam.top_channels(acts, options.top_channels, options.rank)
+        run = selected & ~constant
+        groups = np.unique(owner[run])
+        remap = np.full(len(reps), -1, np.int64)
+        remap[groups] = np.arange(len(groups))
+        owner = np.where(run, remap[np.maximum(owner, 0)], -1)
+        active = run if options.skip_constant else selected
+        outputs = [self.class_output]
+        base = preprocess.baseline_tensor(
+            self.config.baseline, fwd.rgb, fwd.x, self.spec, self.norm
+        )
+        if options.score == "logit_delta":
+            base_score = float(score(fwd.outputs)[0])
+        elif base is None:
+            base_score = 0.0
+        else:
+            base_score = float(score(self.session.run(base, outputs))[0])
+        blank_score = None
+        if (active & constant).any():  # every constant channel gives the same all-zero mask
+            size = (self.spec.height, self.spec.width)
+            blank = scorecam.apply_masks(fwd.x, np.zeros((1, *size), np.float32), self.spec.layout)
+            blank_score = float(score(self.session.run(blank, outputs))[0])
+        return _Plan(fwd, score, reps[groups], owner, active, constant, base_score, blank_score)
+
+    def _explain_plans(self, plans: list[_Plan]) -> list[Result]:
+        """Run every plan's masked passes in shared equal-size batches, then combine."""
+        t0 = time.perf_counter()
+        options = self.config.options
         size = (self.spec.height, self.spec.width)
-        cam = scorecam.combine(acts, weights, size, options).astype(np.float32)
+        counts = [len(p.reps) for p in plans]
+        total = sum(counts)
+        n_chunks = max(1, math.ceil(total / self.batch_size()))
+        chunk = max(1, math.ceil(total / n_chunks))
+        mask_time = 0.0
+
+        def masked_inputs() -> Iterator[np.ndarray]:  # built lazily, one chunk at a time
+            nonlocal mask_time
+            for plan in plans:
+                for masks in scorecam.iter_masks(plan.fwd.acts, plan.reps, size, chunk, options):
+                    t = time.perf_counter()
+                    batch = scorecam.apply_masks(plan.fwd.x, masks, self.spec.layout)
+                    mask_time += time.perf_counter() - t
+                    yield batch
+
+        outputs = [self.class_output]
+        pad = chunk if self.max_batch is None else self.max_batch
+        runs = self.session.run_chunks(_rebatch(masked_inputs(), chunk), outputs, pad_to=pad)
+        rows = [out[self.class_output] for out in runs]
+        masked_time = time.perf_counter() - t0 - mask_time
+        all_rows = np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        results = []
+        for i, plan in enumerate(plans):
+            t_comb = time.perf_counter()
+            part = {self.class_output: all_rows[offsets[i] : offsets[i + 1]]}
+            scores = plan.score(part) if counts[i] else np.zeros(0)
+            weights = self._weights(plan, scores)
+            cam = scorecam.combine(plan.fwd.acts, weights, size, options).astype(np.float32)
+            share = counts[i] / total if total else 1.0 / len(plans)
+            results.append(
+                self._result(
+                    plan, cam, mask_time * share, masked_time * share, time.perf_counter() - t_comb
+                )
+            )
+        return results
+
+    def _weights(self, plan: _Plan, scores: np.ndarray) -> np.ndarray:
+        """Channel weights from the scores of the plan's masked passes."""
+        options = self.config.options
+        k = plan.fwd.acts.shape[0]
+        channel_scores = np.zeros(k)
+        ran = plan.owner >= 0
+        channel_scores[ran] = scores[plan.owner[ran]]
+        if plan.blank_score is not None:
+            channel_scores[plan.active & plan.constant] = plan.blank_score
+        weights = np.zeros(k)
+        if plan.active.any():
+            weights[plan.active] = scorecam.channel_weights(
+                channel_scores[plan.active],
+                plan.base_score,
+                channel_softmax=options.channel_softmax,
+            )
+        return weights
+
+    def _result(
+        self, plan: _Plan, cam: np.ndarray, masks_s: float, masked_s: float, combine_s: float
+    ) -> Result:
+        fwd, config, options = plan.fwd, self.config, self.config.options
+        rgb, probs, class_index = fwd.rgb, fwd.probs, fwd.class_index
         notes = list(self.notes)
         if not cam.any():
             notes.append("the saliency map is all zero: no channel raised the class score")
+        t = time.perf_counter()
         saliency = cv2.resize(cam, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
         saliency = np.clip(saliency, 0.0, 1.0).astype(np.float32)
-        t_end = time.perf_counter()
-
+        combine_s += time.perf_counter() - t
+        k = fwd.acts.shape[0]
+        used = int(plan.active.sum())
+        skipped = int((plan.constant & ~plan.active).sum())
         top = np.argsort(-probs[0], kind="stable")[:5]
+        timings = {
+            "preprocess_s": fwd.preprocess_s,
+            "activation_s": fwd.activation_s,
+            "masks_s": masks_s,
+            "masked_s": masked_s,
+            "combine_s": combine_s,
+        }
+        timings["total_s"] = sum(timings.values())
         return Result(
             saliency=saliency,
             saliency_input=cam,
@@ -361,22 +525,16 @@ class Explainer:
             top5=tuple((int(i), self._label(int(i)), float(probs[0, i])) for i in top),
             model=config.model,
             node=self.candidate.label,
-            tensor=feature,
-            channels_total=int(acts.shape[0]),
-            channels_used=int(acts.shape[0] - skipped),
-            channels_skipped=int(skipped),
-            masked_passes=passes,
+            tensor=self.candidate.tensor,
+            channels_total=int(k),
+            channels_used=used,
+            channels_skipped=skipped,
+            channels_dropped=int(k - used - skipped),
+            masked_passes=len(plan.reps) + (plan.blank_score is not None),
             provider=self.provider,
-            timings={
-                "preprocess_s": fwd.preprocess_s,
-                "activation_s": fwd.activation_s,
-                "masks_s": t_masks,
-                "masked_s": t_masked,
-                "combine_s": t_end - t_comb0,
-                "total_s": t_end - t0,
-            },
+            timings=timings,
             options={
-                "compat": next((k for k, v in COMPAT.items() if v == options), "custom"),
+                "compat": next((n for n, v in COMPAT.items() if v == options), "custom"),
                 **asdict(options),
                 "baseline": config.baseline,
                 "batch_size": self.batch_size(),
@@ -384,67 +542,9 @@ class Explainer:
                 "input_size": [self.spec.height, self.spec.width],
                 "layout": self.spec.layout,
             },
-            source=source,
+            source=fwd.source,
             notes=tuple(notes),
         )
-
-    def _weights(
-        self,
-        acts: np.ndarray,
-        x: np.ndarray,
-        rgb: np.ndarray,
-        score: ClassifierTarget,
-        clean_score: float,
-    ) -> tuple[np.ndarray, int, int, float, float]:
-        """Channel weights, and (passes run, channels skipped, mask time, run time)."""
-        options = self.config.options
-        constant, reps, owner = scorecam.distinct_channels(acts, eps=options.mask_eps)
-        outputs = [self.class_output]
-        base = preprocess.baseline_tensor(self.config.baseline, rgb, x, self.spec, self.norm)
-        if options.score == "logit_delta":
-            base_score = clean_score
-        elif base is None:
-            base_score = 0.0
-        else:
-            base_score = float(score(self.session.run(base, outputs))[0])
-
-        size = (self.spec.height, self.spec.width)
-        n_chunks = max(1, math.ceil(len(reps) / self.batch_size()))
-        chunk = max(1, math.ceil(len(reps) / n_chunks))
-        mask_time = 0.0
-
-        def batches():  # masks are built lazily, one chunk at a time
-            nonlocal mask_time
-            for masks in scorecam.iter_masks(acts, reps, size, chunk, options):
-                t = time.perf_counter()
-                batch = scorecam.apply_masks(x, masks, self.spec.layout)
-                mask_time += time.perf_counter() - t
-                yield batch
-
-        t0 = time.perf_counter()
-        pad = chunk if self.max_batch is None else self.max_batch
-        rep_scores = [score(out) for out in self.session.run_chunks(batches(), outputs, pad_to=pad)]
-        scores = np.concatenate(rep_scores) if rep_scores else np.zeros(0)
-        passes = len(reps)
-        channel_scores = np.where(owner >= 0, scores[np.maximum(owner, 0)] if passes else 0.0, 0.0)
-        if options.skip_constant:
-            weights = np.zeros(acts.shape[0])
-            if (~constant).any():
-                weights[~constant] = scorecam.channel_weights(
-                    channel_scores[~constant], base_score, channel_softmax=options.channel_softmax
-                )
-            skipped = int(constant.sum())
-        else:
-            if constant.any():  # every constant channel gives the same all-zero mask
-                blank = scorecam.apply_masks(x, np.zeros((1, *size), np.float32), self.spec.layout)
-                channel_scores[constant] = score(self.session.run(blank, outputs))[0]
-                passes += 1
-            weights = scorecam.channel_weights(
-                channel_scores, base_score, channel_softmax=options.channel_softmax
-            )
-            skipped = 0
-        elapsed = time.perf_counter() - t0
-        return weights, passes, skipped, mask_time, elapsed - mask_time
 
     def _label(self, index: int) -> str | None:
         if self.labels is not None and 0 <= index < len(self.labels):

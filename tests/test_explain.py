@@ -189,3 +189,50 @@ def test_result_save_writes_the_four_files(tiny, image, tmp_path: Path):
         "img.json", "img.npy", "img_overlay.png", "img_saliency.png",
     }  # fmt: skip
     np.testing.assert_array_equal(np.load(paths["npy"]), result.saliency)
+
+
+def test_explain_many_packs_images_and_matches_single_runs(tiny, image):
+    explainer = Explainer(tiny, preset="unit", batch_size=4)
+    flipped = np.ascontiguousarray(image[::-1])
+    images = [image, "missing.png", flipped, image[:, ::-1].copy()]
+    out = list(explainer.explain_many(images, group=3))
+    assert [type(r).__name__ for _, r in out] == ["Result", "ImageError", "Result", "Result"]
+    for (img, result), single in zip(out, images, strict=True):
+        if isinstance(single, str):
+            continue
+        np.testing.assert_allclose(result.saliency, explainer.explain(img).saliency, atol=1e-6)
+
+
+def test_rebatch_regroups_rows_in_order():
+    from onnxcam.explain import _rebatch
+
+    blocks = [np.arange(n)[:, None] + 10 * i for i, n in enumerate([3, 5, 1, 4])]
+    batches = list(_rebatch(iter(blocks), 4))
+    assert [len(b) for b in batches] == [4, 4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate(batches), np.concatenate(blocks))
+
+
+def test_fast_mode_runs_top_n_channels_only(tiny, weights, image):
+    from onnxcam import ScoreCamOptions
+
+    exact = Explainer(tiny, preset="unit").explain(image)
+    fast = Explainer(tiny, preset="unit", options=ScoreCamOptions(top_channels=1)).explain(image)
+    assert fast.channels_used == 1 and fast.masked_passes == 1
+    assert fast.channels_skipped == 1 and fast.channels_dropped == 3
+    # With N at least the number of informative channels, the fast mode is exact.
+    everything = ScoreCamOptions(top_channels=10, rank="max")
+    same = Explainer(tiny, preset="unit", options=everything).explain(image)
+    np.testing.assert_allclose(same.saliency, exact.saliency, atol=1e-6)
+    assert same.channels_dropped == 0
+
+
+def test_top_channels_ranking():
+    from onnxcam.scorecam import top_channels
+
+    acts = np.zeros((4, 3, 3), np.float32)
+    acts[0, 0, 0] = 5.0  # high max, low std
+    acts[1] = np.arange(9).reshape(3, 3)  # high std, max 8
+    acts[2, 1, 1] = 1.0
+    assert top_channels(acts, 1, "std").tolist() == [False, True, False, False]
+    assert top_channels(acts, 2, "max").tolist() == [True, True, False, False]
+    assert top_channels(acts, 9, "std").tolist() == [True, True, True, False]  # never constant
