@@ -32,7 +32,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--fast", default="", help="comma-separated N for the top-N channel modes")
     p.add_argument("--metrics", action="store_true", help="with --fast: Average Drop, Insertion")
-    p.add_argument("--vs-grad-cam", default=None, metavar="NAME",
-                   help="torchvision model name whose export is --model (e.g. resnet18)")
+    p.add_argument(
+        "--vs-grad-cam",
+        default=None,
+        metavar="NAME",
+        help="torchvision model name whose export is --model (e.g. resnet18)",
+    )
     p.add_argument("--seed", type=int, default=0, help="torchvision init seed for --vs-grad-cam")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
@@ -156,7 +159,17 @@ def rss_child(args: argparse.Namespace) -> None:
 
 
 def peak_rss_mb(argv: list[str]) -> float:
-    subprocess.run([sys.executable, __file__, *argv, "--rss-child"], check=True)
+    """Peak RSS of a child process running onnxcam alone (GNU time -v when available)."""
+    command = [sys.executable, __file__, *argv, "--rss-child"]
+    gnu_time = Path("/usr/bin/time")
+    if gnu_time.exists():
+        done = subprocess.run(
+            [str(gnu_time), "-v", *command], check=True, capture_output=True, text=True
+        )
+        for line in done.stderr.splitlines():
+            if "Maximum resident set size" in line:
+                return int(line.split(":")[1]) / 1024
+    subprocess.run(command, check=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
@@ -287,9 +300,11 @@ def main(argv: list[str] | None = None) -> None:
                         f"Pearson {corr:.3f}")  # fmt: skip
                 if args.metrics:
                     entry.update(_metric_change(explainer, fast, image))
-                    line += (f", avg drop {entry['avg_drop_exact']:.1f} -> "
-                             f"{entry['avg_drop_fast']:.1f} %, insertion "
-                             f"{entry['insertion_exact']:.3f} -> {entry['insertion_fast']:.3f}")  # fmt: skip
+                    line += (
+                        f", avg drop {entry['avg_drop_exact']:.1f} -> "
+                        f"{entry['avg_drop_fast']:.1f} %, insertion "
+                        f"{entry['insertion_exact']:.3f} -> {entry['insertion_fast']:.3f}"
+                    )
                 print(line)
                 row.setdefault("fast", []).append(entry)
     report["images"] = rows
@@ -322,5 +337,4 @@ def _metric_change(exact, fast, image) -> dict:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory():
-        main()
+    main()
