@@ -170,6 +170,8 @@ _EXPLAINER_OPTIONS = [
     click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run."),
     click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--fp16", is_flag=True,
+                 help="Run the model in float16 (for CUDA; needs onnxcam[fp16])."),
     click.option("--labels", "labels_file", type=click.Path(path_type=Path),
                  help="Class names: one per line, or JSON."),
     click.option("--max-pixels", type=click.IntRange(min=1),
@@ -205,6 +207,7 @@ def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
         batch_size=options["batch_size"],
         threads=options["threads"],
         device=options["device"],
+        fp16=options["fp16"],
         labels=options["labels_file"],
         max_pixels=options["max_pixels"],
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class ExplainerConfig:
     labels: str | tuple[str, ...] | None = None
     max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
     options: ScoreCamOptions = field(default_factory=ScoreCamOptions)
+    fp16: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ class Explainer:
         options: the Score-CAM variant (see :class:`ScoreCamOptions`).
         compat: ``official`` (default), ``grad-cam`` or ``torchcam``: a named bundle of
             options reproducing that implementation's maps (exclusive with ``options``).
+        fp16: run the model in float16 (inputs and outputs stay float32); meant for CUDA.
     """
 
     def __init__(
@@ -212,6 +214,7 @@ class Explainer:
         max_pixels: int = preprocess.DEFAULT_MAX_PIXELS,
         options: ScoreCamOptions | None = None,
         compat: str | None = None,
+        fp16: bool = False,
     ) -> None:
         if compat is not None:
             if options is not None:
@@ -241,6 +244,7 @@ class Explainer:
             labels=label_spec,
             max_pixels=max_pixels,
             options=options or ScoreCamOptions(),
+            fp16=fp16,
         )
         self._build(config)
 
@@ -273,7 +277,12 @@ class Explainer:
         self.candidate = graph.resolve_node(model, config.node, index)
         self.class_output = index.outputs[0]
         self._ends_in_softmax = _ends_in_softmax(index, self.class_output)
-        exposed = graph.expose(model, self.candidate.tensor, index)
+        if config.fp16:
+            half = graph.to_float16(model)
+            exposed, self.feature_output = graph.expose_float32(half, self.candidate.tensor)
+        else:
+            exposed = graph.expose(model, self.candidate.tensor, index)
+            self.feature_output = self.candidate.tensor
         self.session, self.max_batch = self._open_session(exposed, index)
         self.labels = _labels(config.labels, self.metadata)
 
@@ -324,7 +333,7 @@ class Explainer:
             rgb = preprocess.as_rgb(image)
         x = preprocess.to_tensor(rgb, self.spec, self.norm)
         t_pre = time.perf_counter()
-        feature = self.candidate.tensor
+        feature = self.feature_output
         out = self.session.run(x, [self.class_output, feature])
         logits = class_scores(out[self.class_output], self.class_output)
         is_prob = self._ends_in_softmax or is_distribution(logits)
@@ -534,7 +543,7 @@ class Explainer:
             provider=self.provider,
             timings=timings,
             options={
-                "compat": next((n for n, v in COMPAT.items() if v == options), "custom"),
+                "compat": _compat_name(options),
                 **asdict(options),
                 "baseline": config.baseline,
                 "batch_size": self.batch_size(),
@@ -550,6 +559,12 @@ class Explainer:
         if self.labels is not None and 0 <= index < len(self.labels):
             return self.labels[index]
         return None
+
+
+def _compat_name(options: ScoreCamOptions) -> str:
+    """The preset the options come from (fast-mode settings aside), or ``custom``."""
+    core = replace(options, top_channels=None, rank="std")
+    return next((name for name, preset in COMPAT.items() if preset == core), "custom")
 
 
 def _validate(config: ExplainerConfig) -> None:

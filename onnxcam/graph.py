@@ -7,6 +7,7 @@ caller's proto and file are never modified.
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import ModelError, NodeError
+from .errors import ConfigError, ModelError, NodeError
 
 __all__ = [
     "Candidate",
     "GraphIndex",
     "auto_candidate",
     "expose",
+    "expose_float32",
     "load_model",
     "make_batch_dynamic",
     "resolve_node",
     "spatial_candidates",
+    "to_float16",
 ]
 
 Dim = int | str | None
@@ -423,6 +426,23 @@ def expose(model: onnx.ModelProto, tensor: str, index: GraphIndex | None = None)
     return out
 
 
+def expose_float32(model: onnx.ModelProto, tensor: str) -> tuple[onnx.ModelProto, str]:
+    """A copy with ``tensor`` cast to float32 and appended as an output; returns its name.
+
+    For float16 models: the map comes back as float32, and the tensor itself stays internal,
+    so converters' rules for outputs never reach the nodes that consume it.
+    """
+    out = _copy(model)
+    name = f"{tensor}__onnxcam_float32"
+    out.graph.node.append(
+        onnx.helper.make_node(
+            "Cast", [tensor], [name], to=onnx.TensorProto.FLOAT, name="onnxcam/expose_cast"
+        )
+    )
+    out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return out, name
+
+
 def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     """A copy whose batch dimension is symbolic, and whether anything had to change.
 
@@ -460,3 +480,21 @@ def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
         graph.initializer.append(numpy_helper.from_array(fixed.astype(np.int64), name))
         node.input[1] = name
     return out, True
+
+
+def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float16 copy whose graph inputs and outputs stay float32 (Cast nodes at the edges).
+
+    Uses onnxconverter-common, an optional dependency (``pip install 'onnxcam[fp16]'``).
+
+    Raises:
+        ConfigError: onnxconverter-common is not installed.
+    """
+    try:
+        from onnxconverter_common import float16
+    except ImportError as exc:
+        raise ConfigError("--fp16 needs onnxconverter-common: pip install 'onnxcam[fp16]'") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # it warns for every weight rounded to float16's range
+        # The converter retypes value_info entries, so every intermediate needs one.
+        return float16.convert_float_to_float16(_infer(model), keep_io_types=True)

@@ -367,3 +367,19 @@ def test_real_process_prints_only_its_own_message(inputs: Path, out: Path) -> No
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert [line for line in lines if "half.png" in line], proc.stderr
     assert not [line for line in lines if "WARN" in line], proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "compat", "used", "dropped"),
+    [
+        (("--channels", "2", "--rank", "max"), "official", 2, 2),
+        (("--compat", "grad-cam"), "grad-cam", 5, 0),
+        (("--fp16",), "official", 4, 0),
+    ],
+)
+def test_method_options_reach_the_record(inputs, out, extra, compat, used, dropped) -> None:
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out, extra=extra)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "good.json").read_text())
+    assert record["options"]["compat"] == compat
+    assert record["channels_used"] == used and record["channels_dropped"] == dropped

@@ -236,3 +236,13 @@ def test_top_channels_ranking():
     assert top_channels(acts, 1, "std").tolist() == [False, True, False, False]
     assert top_channels(acts, 2, "max").tolist() == [True, True, False, False]
     assert top_channels(acts, 9, "std").tolist() == [True, True, True, False]  # never constant
+
+
+def test_fp16_model_keeps_float32_io_and_the_map(tiny, image):
+    exact = Explainer(tiny, preset="unit").explain(image)
+    half = Explainer(tiny, preset="unit", fp16=True)
+    result = half.explain(image)
+    assert result.saliency.dtype == np.float32
+    corr = np.corrcoef(result.saliency.ravel(), exact.saliency.ravel())[0, 1]
+    assert corr > 0.99
+    assert half.config.fp16 and result.class_index == exact.class_index

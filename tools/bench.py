@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="torchvision init seed for --vs-grad-cam")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess")
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--sweep", default="", help="comma-separated batch sizes to time")
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--forward-batch", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)  # fmt: skip
 
 
@@ -124,20 +126,28 @@ def model_flops(model_path: Path, height: int, width: int, layout: str) -> float
     return total
 
 
-def floor_per_image(session, x_shape, dtype, batch: int, n_batches: int) -> float:
-    """Median per-image time of plain batched forward passes of the untouched model."""
+def floor_per_image(
+    sessions: list, x_shape, dtype, batch: int, n_batches: int, outputs: list[str] | None = None
+) -> list[float]:
+    """Median per-image time of batched forward passes, one value per session.
+
+    The sessions' runs are interleaved so that load changes on a shared machine hit all of
+    them alike.
+    """
     import numpy as np
 
-    name = session.get_inputs()[0].name
+    name = sessions[0].get_inputs()[0].name
     feed = np.random.default_rng(0).uniform(-1, 1, (batch, *x_shape[1:])).astype(dtype)
-    for _ in range(2):
-        session.run(None, {name: feed})
-    times = []
+    for session in sessions:
+        for _ in range(2):
+            session.run(outputs, {name: feed})
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(n_batches):
-        t = time.perf_counter()
-        session.run(None, {name: feed})
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) / batch
+        for i, session in enumerate(sessions):
+            t = time.perf_counter()
+            session.run(outputs, {name: feed})
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(ts) / batch for ts in times]
 
 
 def pearson(a, b) -> float:
@@ -149,6 +159,20 @@ def pearson(a, b) -> float:
 def rss_child(args: argparse.Namespace) -> None:
     """Runs in a subprocess: one exact explanation per image, nothing else."""
     from onnxcam import Explainer
+
+    if args.forward_batch:  # plain forward passes of the untouched model at one batch size
+        import numpy as np
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        shape = [args.forward_batch, *(d if isinstance(d, int) else 224 for d in inp.shape[1:])]
+        feed = np.zeros(shape, np.float32)
+        for _ in range(3):
+            session.run(None, {inp.name: feed})
+        return
 
     explainer = Explainer(
         args.model, node=args.node, threads=args.threads, batch_size=args.batch_size,
@@ -206,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from onnxcam import Explainer, ScoreCamOptions
+    from onnxcam import Explainer, ScoreCamOptions, graph
     from onnxcam.metrics import auc  # noqa: F401  (imported to fail early when missing)
 
     report: dict = {"machine": platform.machine(), "python": platform.python_version()}
@@ -235,12 +259,35 @@ def main(argv: list[str] | None = None) -> None:
     shape = (1, spec.channels, spec.height, spec.width)
     if spec.layout == "NHWC":
         shape = (1, spec.height, spec.width, spec.channels)
-    per_image = floor_per_image(plain, shape, spec.dtype, batch, args.floor_batches)
+    exposed = graph.expose(graph.load_model(args.model), explainer.candidate.tensor)
+    with_output = ort.InferenceSession(
+        exposed.SerializeToString(), options, providers=[explainer.provider]
+    )
+    per_image, per_image_exposed = floor_per_image(
+        [plain, with_output], shape, spec.dtype, batch, args.floor_batches,
+        outputs=[explainer.class_output],
+    )  # fmt: skip
     print(
         f"model: {args.model.name}, node {explainer.candidate.label} "
         f"{explainer.candidate.shape}, {flops / 1e9:.2f} GFLOP/image, batch {batch}"
     )
     print(f"floor: {per_image * 1e3:.2f} ms/image ({flops / per_image / 1e9:.1f} GFLOP/s)")
+    print(
+        f"extra graph output: {per_image_exposed * 1e3:.2f} ms/image with it, "
+        f"ratio {per_image_exposed / per_image:.3f} to the untouched model"
+    )
+    report["exposed_over_plain"] = per_image_exposed / per_image
+    if args.sweep:
+        sizes = [int(v) for v in args.sweep.split(",")]
+        print("batch sweep (untouched model, per-image ms, interleaved):")
+        for size in sizes:
+            (ms,) = floor_per_image([plain], shape, spec.dtype, size, args.floor_batches)
+            rss = peak_rss_mb(["--model", str(args.model), "--threads", str(args.threads),
+                               "--device", args.device, "--forward-batch", str(size)])  # fmt: skip
+            print(
+                f"  batch {size:>3}: {ms * 1e3:7.2f} ms/image, forward-only peak RSS {rss:.0f} MB"
+            )
+            report.setdefault("sweep", []).append({"batch": size, "ms": ms * 1e3, "rss_mb": rss})
     report.update(model=str(args.model), node=explainer.candidate.label, batch=batch)
     report.update(gflop_per_image=flops / 1e9, floor_ms_per_image=per_image * 1e3)
 
