@@ -25,7 +25,11 @@ __all__ = ["BASELINES", "Explainer", "ExplainerConfig", "Forward", "Result", "ve
 
 BASELINES = ("none", "zero", "black", "blur")
 PRESET_KEY = "onnxcam.preset"
-DEFAULT_BATCH = 32
+# Masked passes per run. On CPU the per-image time is flat from about 8 to 64 while memory
+# grows linearly (tools/bench.py --sweep, BENCHMARKS.md); a GPU wants larger batches.
+CPU_BATCH = 16
+CUDA_BATCH = 64
+ACTIVATION_BUDGET = 256 * 2**20  # bytes of intermediate tensors per run
 
 
 def version() -> str:
@@ -284,6 +288,7 @@ class Explainer:
             exposed = graph.expose(model, self.candidate.tensor, index)
             self.feature_output = self.candidate.tensor
         self.session, self.max_batch = self._open_session(exposed, index)
+        self._default_batch = _default_batch(index, self.spec, self.provider)
         self.labels = _labels(config.labels, self.metadata)
 
     def _open_session(
@@ -319,7 +324,7 @@ class Explainer:
 
     def batch_size(self) -> int:
         """Masked passes per run: the user's choice, capped by what the model allows."""
-        wanted = self.config.batch_size or _budget_batch(self.spec)
+        wanted = self.config.batch_size or self._default_batch
         return max(1, min(wanted, self.max_batch or wanted))
 
     def forward(self, image: str | Path | np.ndarray, *, target: int | None = None) -> Forward:
@@ -673,9 +678,21 @@ def _channels_first(acts: np.ndarray, layout: str) -> np.ndarray:
     return np.transpose(acts, (2, 0, 1)) if layout == "NHWC" else acts
 
 
-def _budget_batch(spec: InputSpec, budget_bytes: int = 256 * 2**20) -> int:
-    per_input = spec.height * spec.width * spec.channels * 4
-    return max(1, min(DEFAULT_BATCH, budget_bytes // max(per_input, 1)))
+def _default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> int:
+    """The device's batch, capped so a run's intermediate tensors fit ACTIVATION_BUDGET.
+
+    Per image, a run holds roughly three tensors of the largest intermediate size at once
+    (an op's input and output, plus a skip connection), in the model's element size.
+    """
+    wanted = CUDA_BATCH if provider == "CUDAExecutionProvider" else CPU_BATCH
+    largest = spec.height * spec.width * spec.channels
+    for value in index.values.values():
+        dims = graph._dims(value) or ()
+        sizes = [d for d in dims[1:] if isinstance(d, int) and d > 0]
+        if len(dims) > 1 and len(sizes) == len(dims) - 1:
+            largest = max(largest, math.prod(sizes))
+    per_image = 3 * largest * 4
+    return max(1, min(wanted, ACTIVATION_BUDGET // per_image))
 
 
 def _batch_consistent(session: Session, spec: InputSpec) -> bool:
