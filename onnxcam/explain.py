@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from . import graph, modelinfo, preprocess, scorecam
-from .errors import ConfigError, ModelError, OnnxCamError
+from .errors import ConfigError, ModelError, OnnxCamError, OutputError
 from .labels import labels_from_metadata, load_labels
 from .preprocess import Normalization
 from .runtime import Session, installed_runtimes
@@ -404,9 +404,30 @@ class Explainer:
                     raise
                 except OnnxCamError as exc:
                     outcomes.append(exc)
-            results = iter(self._explain_plans(plans)) if plans else iter(())
+            results = iter(self._explain_packed(plans))
             for image, outcome in zip(chunk, outcomes, strict=True):
                 yield image, outcome if outcome is not None else next(results)
+
+    def _explain_packed(self, plans: list[_Plan]) -> list[Result | OnnxCamError]:
+        """Shared batches for all plans; if they fail, each image alone, to find the bad one."""
+        if not plans:
+            return []
+        try:
+            return list(self._explain_plans(plans))
+        except (ConfigError, OutputError):
+            raise
+        except OnnxCamError as exc:
+            if len(plans) == 1:
+                return [exc]
+        outcomes: list[Result | OnnxCamError] = []
+        for plan in plans:
+            try:
+                outcomes.append(self._explain_plans([plan])[0])
+            except (ConfigError, OutputError):
+                raise
+            except OnnxCamError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def _plan(self, fwd: Forward) -> _Plan:
         """Which channels need a masked pass, and what each score is measured against."""

@@ -246,3 +246,20 @@ def test_fp16_model_keeps_float32_io_and_the_map(tiny, image):
     corr = np.corrcoef(result.saliency.ravel(), exact.saliency.ravel())[0, 1]
     assert corr > 0.99
     assert half.config.fp16 and result.class_index == exact.class_index
+
+
+def test_explain_many_isolates_an_image_whose_masked_passes_fail(tiny, image, monkeypatch):
+    from onnxcam import NumericalError
+
+    explainer = Explainer(tiny, preset="unit")
+    flipped = np.ascontiguousarray(image[::-1])
+    original = explainer._explain_plans
+
+    def failing(plans):  # masked passes of the flipped image produce NaN
+        if any(np.array_equal(p.fwd.rgb, flipped) for p in plans):
+            raise NumericalError("model output 'logits' contains NaN or Inf")
+        return original(plans)
+
+    monkeypatch.setattr(explainer, "_explain_plans", failing)
+    out = [r for _, r in explainer.explain_many([image, flipped, image], group=3)]
+    assert [type(r).__name__ for r in out] == ["Result", "NumericalError", "Result"]
