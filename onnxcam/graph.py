@@ -29,6 +29,7 @@ __all__ = [
     "resolve_node",
     "spatial_candidates",
     "to_float16",
+    "transpose_perm",
 ]
 
 Dim = int | str | None
@@ -224,12 +225,12 @@ class GraphIndex:
         if (
             i is not None
             and self.nodes[i].op_type == "Transpose"
-            and (_perm(self.nodes[i]) == [0, 2, 3, 1])
+            and (transpose_perm(self.nodes[i]) == [0, 2, 3, 1])
         ):
             return "NHWC"
         for j in self.consumers.get(tensor, []):
             node = self.nodes[j]
-            if node.op_type == "Transpose" and _perm(node) == [0, 3, 1, 2]:
+            if node.op_type == "Transpose" and transpose_perm(node) == [0, 3, 1, 2]:
                 return "NHWC"
             if node.op_type.startswith("Reduce"):
                 axes = self.reduce_axes(node)
@@ -264,7 +265,8 @@ class GraphIndex:
         return Candidate(node.name, node.op_type, tensor, shape, layout, i)
 
 
-def _perm(node: onnx.NodeProto) -> list[int] | None:
+def transpose_perm(node: onnx.NodeProto) -> list[int] | None:
+    """The ``perm`` attribute of a Transpose node, if set."""
     for attr in node.attribute:
         if attr.name == "perm":
             return list(attr.ints)

@@ -75,7 +75,7 @@ def input_spec(
 def guess_layout(index: graph.GraphIndex, name: str, shape: tuple[graph.Dim, ...]) -> str:
     for j in index.consumers.get(name, []):
         node = index.nodes[j]
-        if node.op_type == "Transpose" and graph._perm(node) == [0, 3, 1, 2]:
+        if node.op_type == "Transpose" and graph.transpose_perm(node) == [0, 3, 1, 2]:
             return "NHWC"
     if shape[3] in (1, 3) and shape[1] not in (1, 3):
         return "NHWC"

@@ -54,6 +54,16 @@ def tiny_weights(seed: int = 0, classes: int = 3) -> TinyWeights:
     return TinyWeights(conv_w, conv_b, fc_w, fc_b)
 
 
+def nan_weights() -> TinyWeights:
+    """Weights that make every output NaN."""
+    return TinyWeights(
+        np.full((K, 3, 3, 3), np.nan, np.float32),
+        np.zeros(K, np.float32),
+        np.ones((3, K), np.float32),
+        np.zeros(3, np.float32),
+    )
+
+
 def build_tiny(
     path: Path,
     weights: TinyWeights,

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from conftest import SIZE, TinyWeights, build_tiny, tiny_weights
+from conftest import SIZE, build_tiny, nan_weights, tiny_weights
 
 from onnxcam.cli import cli
 
@@ -133,13 +133,7 @@ def test_empty_model(inputs: Path, out: Path) -> None:
 
 
 def test_model_with_nan_output(inputs: Path, out: Path) -> None:
-    nan = TinyWeights(
-        np.full((5, 3, 3, 3), np.nan, np.float32),
-        np.zeros(5, np.float32),
-        np.ones((3, 5), np.float32),
-        np.zeros(3, np.float32),
-    )
-    model = build_tiny(inputs / "nan.onnx", nan)
+    model = build_tiny(inputs / "nan.onnx", nan_weights())
     run_bad(inputs, out, model, inputs / "good.png", "NaN")
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from conftest import SIZE, TinyWeights, build_tiny
+from conftest import SIZE, TinyWeights, build_tiny, nan_weights
 
 from onnxcam import ConfigError, Explainer, NumericalError
 
@@ -171,13 +171,7 @@ def test_bad_target_and_options(tiny, image):
 
 
 def test_nan_output_is_reported(tmp_path, image):
-    weights = TinyWeights(
-        np.full((5, 3, 3, 3), np.nan, np.float32),
-        np.zeros(5, np.float32),
-        np.ones((3, 5), np.float32),
-        np.zeros(3, np.float32),
-    )
-    model = build_tiny(tmp_path / "nan.onnx", weights)
+    model = build_tiny(tmp_path / "nan.onnx", nan_weights())
     with pytest.raises(NumericalError, match="NaN"):
         Explainer(model).explain(image)
 
