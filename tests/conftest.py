@@ -69,7 +69,7 @@ def build_tiny(
     weights: TinyWeights,
     *,
     layout: str = "NCHW",
-    fixed_batch: bool = False,
+    fixed_batch: bool | int = False,
     reshape_head: bool = False,
     softmax: bool = False,
     mix_batch: bool = False,
@@ -77,7 +77,7 @@ def build_tiny(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write the tiny CNN to ``path`` in one of several export styles."""
-    batch: int | str = 1 if fixed_batch else "N"
+    batch: int | str = int(fixed_batch) if fixed_batch else "N"
     shape = [batch, 3, SIZE, SIZE] if layout == "NCHW" else [batch, SIZE, SIZE, 3]
     nodes = []
     src = "input"
@@ -114,7 +114,7 @@ def build_tiny(
         numpy_helper.from_array(weights.conv_b, "conv_b"),
         numpy_helper.from_array(weights.fc_w, "fc_w"),
         numpy_helper.from_array(weights.fc_b, "fc_b"),
-        numpy_helper.from_array(np.array([1, -1], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([int(fixed_batch) or 1, -1], np.int64), "flat_shape"),
         numpy_helper.from_array(np.array([0], np.int64), "axis0"),
     ]
     classes = weights.fc_w.shape[0]
