@@ -1,7 +1,7 @@
 """Ground-truth localisation on the synthetic shapes task: the pointing game.
 
 ``models/shapes_cnn.onnx`` was trained by tools/train_shapes.py on images from
-onnxcam.synthetic; here fresh images (a seed the training never used) are explained and the
+tools/synthetic.py; here fresh images (a seed the training never used) are explained and the
 map's maximum must fall inside the target object's box.
 """
 
@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 
 from onnxcam import Explainer
-from onnxcam.synthetic import CLASSES, make_samples
+from tools.synthetic import CLASSES, make_samples
 
 SHAPES_MODEL = ROOT / "models" / "shapes_cnn.onnx"
 N_IMAGES = 300

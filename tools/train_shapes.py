@@ -1,6 +1,6 @@
 """Trains the small "shapes" CNN used for localisation tests and exports it to ONNX.
 
-The data come from :mod:`onnxcam.synthetic` (one warm target shape per image among cool /
+The data come from ``tools/synthetic.py`` (one warm target shape per image among cool /
 gray distractors; the label is the target's class). The model is a small all-convolutional
 network whose last ReLU feature map is 24 x 24 (stride 4 at 96 x 96 input, receptive field
 29 px), followed by global average pooling and one linear layer, so it is a textbook target
@@ -48,12 +48,12 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_synthetic() -> ModuleType:
-    """Imports ``onnxcam/synthetic.py`` by path.
+    """Imports ``tools/synthetic.py`` by path.
 
     The module needs only numpy and OpenCV; loading it by path keeps this tool independent of
-    the rest of the package (and of its run-time dependencies) and of whether it is installed.
+    the package (and of its run-time dependencies) and of the working directory.
     """
-    path = _REPO / "onnxcam" / "synthetic.py"
+    path = _REPO / "tools" / "synthetic.py"
     spec = importlib.util.spec_from_file_location("onnxcam_synthetic", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -31,7 +31,7 @@ anti-aliasing), distractors in [14, 34] px; both scale linearly with ``size``. S
 anti-aliased and randomly rotated (discs and rings are rotation invariant).
 
 Example:
-    >>> from onnxcam.synthetic import CLASSES, make_samples
+    >>> from tools.synthetic import CLASSES, make_samples
     >>> samples = make_samples(4, seed=0)
     >>> samples[0].image.shape, samples[0].image.dtype
     ((96, 96, 3), dtype('uint8'))
