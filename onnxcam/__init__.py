@@ -1,5 +1,6 @@
-"""onnxcam: Score-CAM saliency maps for image CNNs exported to ONNX."""
+"""onnxcam: gradient-free saliency maps (Score-CAM and friends) for image models in ONNX."""
 
+from .config import ExplainerConfig
 from .errors import (
     ConfigError,
     DeviceError,
@@ -9,17 +10,25 @@ from .errors import (
     NumericalError,
     OnnxCamError,
     OutputError,
+    TargetError,
 )
-from .explain import Explainer, ExplainerConfig, Result, version
-from .scorecam import ScoreCamOptions
+from .explain import Explainer, Forward
+from .methods import COMPAT, METHODS, ScoreCamOptions
+from .result import SCHEMA_VERSION, Result, TargetResult, version
+from .targets import KINDS, parse_target
 
 __version__ = version()
 
 __all__ = [
+    "COMPAT",
+    "KINDS",
+    "METHODS",
+    "SCHEMA_VERSION",
     "ConfigError",
     "DeviceError",
     "Explainer",
     "ExplainerConfig",
+    "Forward",
     "ImageError",
     "ModelError",
     "NodeError",
@@ -28,5 +37,8 @@ __all__ = [
     "OutputError",
     "Result",
     "ScoreCamOptions",
+    "TargetError",
+    "TargetResult",
     "__version__",
+    "parse_target",
 ]

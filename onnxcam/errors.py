@@ -11,6 +11,7 @@ __all__ = [
     "NumericalError",
     "OnnxCamError",
     "OutputError",
+    "TargetError",
 ]
 
 
@@ -44,3 +45,7 @@ class NumericalError(OnnxCamError):
 
 class ConfigError(OnnxCamError):
     """An option has a value outside what is valid."""
+
+
+class TargetError(OnnxCamError):
+    """A target did not turn a batch of outputs into one finite score per sample."""

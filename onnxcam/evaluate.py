@@ -1,26 +1,31 @@
-"""Faithfulness evaluation of Score-CAM against simple reference explanations.
+"""Faithfulness evaluation of saliency methods against simple reference explanations.
 
 Each method's map is made at the model's input resolution and scored with the metrics of
-:mod:`onnxcam.metrics`, all batches going through the explainer's session. References:
-``activation`` (the mean of the node's channels, upsampled and min-max normalised),
-``center`` (a centred Gaussian) and ``random`` (uniform noise, seeded).
+:mod:`onnxcam.metrics`, every pass going through the explainer's runner. Methods are those of
+:mod:`onnxcam.methods` (the explainer's own one with its options, the others with their
+defaults; ``activation`` is the mean of the node's channels); the references ``center`` (a
+centred Gaussian) and ``random`` (uniform noise, seeded) need no model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from . import metrics, scorecam
+from . import methods as registry
+from . import metrics
 from .errors import ConfigError
-from .explain import Explainer, Forward
+from .explain import Explainer, Forward, ImageLike
+from .methods import Clean, Method, ScoreCamOptions
+from .runner import one_input
+from .targets import Target, TargetLike, checked_scores
 
-__all__ = ["METHODS", "SUBSTRATES", "Evaluation", "evaluate", "summarize"]
+__all__ = ["METHODS", "REFERENCES", "SUBSTRATES", "Evaluation", "evaluate", "summarize"]
 
-METHODS = ("scorecam", "activation", "center", "random")
+REFERENCES = ("center", "random")
+METHODS = (*registry.METHODS, *REFERENCES)
 SUBSTRATES = ("zero", "blur")
 
 
@@ -36,7 +41,7 @@ class Evaluation:
 
     source: str | None
     method: str
-    class_index: int
+    class_index: int | None
     score: float
     explained_score: float
     deletion: np.ndarray
@@ -70,28 +75,33 @@ class Evaluation:
         }
 
 
-def _reference_map(method: str, fwd: Forward, size: tuple[int, int], seed: int) -> np.ndarray:
-    if method == "activation":
-        mean = fwd.acts.mean(axis=0, dtype=np.float64)
-        return scorecam.minmax(scorecam.upsample(mean, size)[None])[0]
+def _reference_map(method: str, size: tuple[int, int], seed: int) -> np.ndarray:
     if method == "center":
         return metrics.center_prior(*size)
-    if method == "random":
-        return np.random.default_rng(seed).uniform(size=size).astype(np.float32)
-    raise ConfigError(f"unknown method '{method}'; valid: {', '.join(METHODS)}")
+    return np.random.default_rng(seed).uniform(size=size).astype(np.float32)
+
+
+def _method_map(explainer: Explainer, method: Method, fwd: Forward, target: Target) -> np.ndarray:
+    """``method``'s map of ``target`` at input resolution, its passes through the runner."""
+    clean = Clean(fwd.x, fwd.rgb, fwd.acts, explainer.spec, explainer.norm)
+    plan = method.plan(clean)
+    scores = explainer.score([target], plan.count, plan.inputs)[:, 0]
+    clean_score = float(checked_scores(target, fwd.outputs, 1)[0])
+    return method.combine(clean, plan, scores, clean_score)
 
 
 def evaluate(
     explainer: Explainer,
-    image: str | Path | np.ndarray,
+    image: ImageLike,
     *,
     methods: Sequence[str] = METHODS,
     steps: int = 32,
     substrate: str = "zero",
     seed: int = 0,
-    target: int | None = None,
+    target: TargetLike | Iterable[TargetLike] | None = None,
 ) -> list[Evaluation]:
-    """All metrics for each method on one image (class: ``target``, else the top class)."""
+    """All metrics for each method on one image, for its first ``target`` (default: the top
+    class); the metrics read the target's probability whatever the method scores."""
     if substrate not in SUBSTRATES:
         raise ConfigError(f"unknown substrate '{substrate}'; valid: {', '.join(SUBSTRATES)}")
     if steps < 1:
@@ -99,37 +109,39 @@ def evaluate(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"unknown method '{unknown[0]}'; valid: {', '.join(METHODS)}")
-    fwd = explainer.forward(image, target=target)
-    target_fn = explainer.target(fwd)
-    outputs = [explainer.class_output]
-    chunk = explainer.batch_size()
-    pad = chunk if explainer.max_batch is None else explainer.max_batch
+    fwd = explainer.forward(image)
+    judged = explainer.bind(fwd, target, score_kind="probability")[0]
+    explained_target = explainer.bind(fwd, target)[0]
 
-    def score(batches: Iterable[np.ndarray]) -> np.ndarray:
-        runs = explainer.session.run_chunks(batches, outputs, pad_to=pad)
-        return np.concatenate([target_fn(out) for out in runs])
+    def score(count: int, inputs: metrics.Inputs) -> np.ndarray:
+        return explainer.score([judged], count, inputs)[:, 0]
 
     spec = explainer.spec
     size = (spec.height, spec.width)
     x = fwd.x
     blurred = metrics.blur_input(x, spec.layout)
     finish = np.zeros_like(x) if substrate == "zero" else blurred
-    clean = float(target_fn(fwd.outputs)[0])
+    clean = float(checked_scores(judged, fwd.outputs, 1)[0])
+    class_index = judged.describe().get("class_index")
     results = []
-    for method in methods:
-        if method == "scorecam":
-            saliency = explainer.explain_forward(fwd).saliency_input
+    for name in methods:
+        if name in REFERENCES:
+            saliency = _reference_map(name, size, seed)
         else:
-            saliency = _reference_map(method, fwd, size, seed)
-        explained = float(score(iter([metrics.masked_by_map(x, saliency, spec.layout)]))[0])
-        deletion = metrics.causal_curve(
-            score, x, finish, saliency, steps=steps, chunk=chunk, layout=spec.layout
-        )
+            method = (
+                explainer.method
+                if name == explainer.method.name
+                else registry.create(name, options=ScoreCamOptions(), baseline="none")
+            )
+            saliency = _method_map(explainer, method, fwd, explained_target)
+        masked = metrics.masked_by_map(x, saliency, spec.layout)
+        explained = float(score(1, one_input(masked))[0])
+        deletion = metrics.causal_curve(score, x, finish, saliency, steps=steps, layout=spec.layout)
         insertion = metrics.causal_curve(
-            score, blurred, x, saliency, steps=steps, chunk=chunk, layout=spec.layout
+            score, blurred, x, saliency, steps=steps, layout=spec.layout
         )
         results.append(
-            Evaluation(fwd.source, method, fwd.class_index, clean, explained, deletion, insertion)
+            Evaluation(fwd.source, name, class_index, clean, explained, deletion, insertion)
         )
     return results
 

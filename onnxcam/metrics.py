@@ -11,15 +11,17 @@
   curve on [0, 1] by the trapezoid rule: ``(Σ c − c₀/2 − c_n/2) / n``. Low deletion and high
   insertion are good.
 
-Every function takes ``score(batch) -> (B,)``; the caller decides how batches are run.
+Curves are scored by ``score(count, inputs) -> (count,)``, where ``inputs(chunk)`` yields the
+``count`` inputs at most ``chunk`` at a time; the caller decides how they are run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 
-import cv2
 import numpy as np
+
+from . import ops
 
 __all__ = [
     "ScoreFn",
@@ -32,7 +34,8 @@ __all__ = [
     "masked_by_map",
 ]
 
-ScoreFn = Callable[[Iterable[np.ndarray]], np.ndarray]
+Inputs = Callable[[int], Iterator[np.ndarray]]
+ScoreFn = Callable[[int, Inputs], np.ndarray]
 
 
 def auc(curve: np.ndarray) -> float:
@@ -56,15 +59,9 @@ def increase_in_confidence(clean: np.ndarray, explained: np.ndarray) -> float:
     return float(100.0 * np.mean(np.asarray(explained) > np.asarray(clean)))
 
 
-def _expand(maps: np.ndarray, layout: str) -> np.ndarray:
-    """(n, H, W) maps broadcastable against (n, C, H, W) or (n, H, W, C) inputs."""
-    return maps[:, None] if layout == "NCHW" else maps[..., None]
-
-
 def masked_by_map(x: np.ndarray, saliency: np.ndarray, layout: str) -> np.ndarray:
     """The "explanation map" input ``x ⊙ L`` of Average Drop."""
-    out = x.astype(np.float32) * _expand(saliency[None].astype(np.float32), layout)
-    return out.astype(x.dtype)
+    return ops.apply_masks(x, saliency[None].astype(np.float32), layout)
 
 
 def causal_curve(
@@ -74,14 +71,14 @@ def causal_curve(
     saliency: np.ndarray,
     *,
     steps: int,
-    chunk: int,
     layout: str,
 ) -> np.ndarray:
     """Scores while pixels move from ``start`` to ``finish``, most salient first.
 
     Step ``i`` of ``0..steps`` has the ``ceil(i · HW / steps)`` most salient pixels taken from
-    ``finish`` (all colour channels) and the rest from ``start``. Inputs are built ``chunk``
-    steps at a time. Ties in the map are broken by pixel position, so the order is fixed.
+    ``finish`` (all colour channels) and the rest from ``start``. Inputs are built as many
+    steps at a time as the scorer asks. Ties in the map are broken by pixel position, so the
+    order is fixed.
 
     Returns:
         (steps + 1,) scores.
@@ -95,25 +92,17 @@ def causal_curve(
     rank = flat_rank.reshape(height, width)
     counts = np.ceil(np.arange(steps + 1) * (height * width) / steps).astype(np.int64)
 
-    def batches() -> Iterator[np.ndarray]:
+    def inputs(chunk: int) -> Iterator[np.ndarray]:
         for begin in range(0, steps + 1, chunk):
             taken = rank[None] < counts[begin : begin + chunk, None, None]
-            yield np.where(_expand(taken, layout), finish, start).astype(start.dtype)
+            yield ops.blend(start, finish, taken, layout)
 
-    return np.asarray(score(batches()), np.float64)
+    return np.asarray(score(steps + 1, inputs), np.float64)
 
 
-def blur_input(x: np.ndarray, layout: str, *, ksize: int = 11, sigma: float = 5.0) -> np.ndarray:
-    """Gaussian blur of a (1, C, H, W) / (1, H, W, C) input, per channel (RISE: 11, 5)."""
-    planes = x[0].astype(np.float32)
-    if layout == "NCHW":
-        planes = planes.transpose(1, 2, 0)
-    blurred = cv2.GaussianBlur(planes, (ksize, ksize), sigma, borderType=cv2.BORDER_REFLECT_101)
-    if blurred.ndim == 2:
-        blurred = blurred[:, :, None]
-    if layout == "NCHW":
-        blurred = blurred.transpose(2, 0, 1)
-    return blurred[None].astype(x.dtype)
+def blur_input(x: np.ndarray, layout: str) -> np.ndarray:
+    """The insertion start: the input under RISE's Gaussian blur (11 px kernel, sigma 5)."""
+    return ops.blur(x, layout, sigma=5.0, ksize=11)
 
 
 def center_prior(height: int, width: int, *, sigma: float = 0.25) -> np.ndarray:

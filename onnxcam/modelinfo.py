@@ -18,9 +18,9 @@ __all__ = [
     "CUDA_BATCH",
     "batch_consistent",
     "default_batch",
-    "ends_in_softmax",
     "guess_layout",
     "input_spec",
+    "output_activation",
 ]
 
 # Masked passes per run. On CPU the per-image time is flat from about 8 to 64 while memory
@@ -82,12 +82,17 @@ def guess_layout(index: graph.GraphIndex, name: str, shape: tuple[graph.Dim, ...
     return "NCHW"
 
 
-def ends_in_softmax(index: graph.GraphIndex, output: str) -> bool:
+_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose")
+_ACTIVATIONS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
+
+
+def output_activation(index: graph.GraphIndex, output: str) -> str | None:
+    """``"softmax"`` or ``"sigmoid"`` when the output is produced by one (looking through
+    shape-only ops that exporters put after it), else None."""
     i = index.producer.get(output)
-    # Look through shape-only ops that exporters put after the softmax.
-    while i is not None and index.nodes[i].op_type in ("Reshape", "Flatten", "Squeeze", "Identity"):
+    while i is not None and index.nodes[i].op_type in _SHAPE_ONLY:
         i = index.producer.get(index.nodes[i].input[0])
-    return i is not None and index.nodes[i].op_type == "Softmax"
+    return _ACTIVATIONS.get(index.nodes[i].op_type) if i is not None else None
 
 
 def default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> int:

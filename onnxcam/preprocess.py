@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import ops
 from .errors import ConfigError, ImageError
 
 __all__ = [
@@ -225,20 +226,16 @@ def _normalize(pixels: np.ndarray, spec: InputSpec, norm: Normalization) -> np.n
     values = (pixels * np.float32(norm.scale) - mean) / std
     if spec.layout == "NCHW":
         values = values.transpose(2, 0, 1)
-    values = values[None]
-    if np.issubdtype(spec.dtype, np.integer):
-        info = np.iinfo(spec.dtype)
-        values = np.clip(np.round(values), info.min, info.max)
-    return np.ascontiguousarray(values.astype(spec.dtype))
+    return ops.as_dtype(values[None], spec.dtype)
 
 
 def baseline_tensor(
-    kind: str, rgb: np.ndarray, x: np.ndarray, spec: InputSpec, norm: Normalization
+    kind: str, x: np.ndarray, spec: InputSpec, norm: Normalization
 ) -> np.ndarray | None:
     """The baseline input ``X_b`` of SPEC §2 step 5, or None for ``none``.
 
     ``zero`` is zeros in the model's input space, ``black`` a preprocessed black image,
-    ``blur`` the resized image under a Gaussian blur (sigma = 1/20 of the shorter side).
+    ``blur`` the input under a Gaussian blur (sigma = 1/20 of the shorter side, at least 1).
     """
     if kind == "none":
         return None
@@ -248,7 +245,5 @@ def baseline_tensor(
         black = np.zeros((spec.height, spec.width, 3), np.float32)
         return _normalize(black, spec, norm)
     if kind == "blur":
-        resized = _resize(rgb, spec.width, spec.height).astype(np.float32)
-        sigma = max(1.0, min(spec.height, spec.width) / 20)
-        return _normalize(cv2.GaussianBlur(resized, (0, 0), sigma), spec, norm)
+        return ops.blur(x, spec.layout, sigma=max(1.0, min(spec.height, spec.width) / 20))
     raise ConfigError(f"unknown baseline '{kind}'; valid: none, zero, black, blur")

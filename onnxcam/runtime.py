@@ -1,17 +1,17 @@
-"""The ONNX Runtime session: provider choice, threads, and the one chunked-run loop."""
+"""The ONNX Runtime session: provider choice, threads, quiet native logging."""
 
 from __future__ import annotations
 
 import ctypes
 import importlib.metadata
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import DeviceError, ModelError, NumericalError
+from .errors import DeviceError, ModelError
 
 __all__ = [
     "DEVICES",
@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
+_QUIET = 4  # ONNX Runtime log severity FATAL: errors come back as exceptions instead
 _RUNTIME_DISTS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
 _INSTALL_HINT = (
     "pip install 'onnxcam[gpu]' (Linux/Windows x86_64, runs on CPU too) "
@@ -49,6 +50,9 @@ def import_ort() -> Any:
         import onnxruntime
     except ImportError as exc:
         raise DeviceError(f"ONNX Runtime is not installed; run: {_INSTALL_HINT}") from exc
+    # The library reports failures as exceptions; ONNX Runtime's own log lines would reach
+    # the terminal (e.g. from a probe session that is expected to fail).
+    onnxruntime.set_default_logger_severity(_QUIET)
     return onnxruntime
 
 
@@ -133,7 +137,7 @@ class Session:
     def __init__(self, model_bytes: bytes, *, device: str = "auto", threads: int | None = None):
         ort = import_ort()
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = _QUIET
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
@@ -152,42 +156,20 @@ class Session:
         self.inputs = self._session.get_inputs()
         self.output_names = [o.name for o in self._session.get_outputs()]
 
-    def run(self, feed: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Run one batch through the first input; return the named outputs."""
-        names = outputs or self.output_names
+    def run(self, feed: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run one batch through the first input; return the named outputs.
+
+        Callers that explain images use :class:`onnxcam.runner.Runner`, which batches, pads
+        and checks the values; this is the bare call.
+        """
+        names = list(outputs or self.output_names)
         try:
             values = self._session.run(names, {self.inputs[0].name: feed})
         except Exception as exc:
             raise ModelError(
                 f"ONNX Runtime failed on an input of shape {tuple(feed.shape)}: {_first_line(exc)}"
             ) from exc
-        result = dict(zip(names, values, strict=True))
-        for name, value in result.items():
-            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                raise NumericalError(
-                    f"model output '{name}' contains NaN or Inf; check the preprocessing "
-                    "(--preset/--mean/--std) and that the model is float32-safe"
-                )
-        return result
-
-    def run_chunks(
-        self,
-        batches: Iterable[np.ndarray],
-        outputs: list[str],
-        *,
-        pad_to: int | None = None,
-    ) -> Iterator[dict[str, np.ndarray]]:
-        """Run each batch; with ``pad_to``, pad short batches so every run has one shape.
-
-        This is the single loop through which every masked pass goes.
-        """
-        for batch in batches:
-            n = batch.shape[0]
-            if pad_to is not None and n < pad_to:
-                pad = np.zeros((pad_to - n, *batch.shape[1:]), batch.dtype)
-                batch = np.concatenate([batch, pad])
-            result = self.run(batch, outputs)
-            yield {name: value[:n] for name, value in result.items()}
+        return dict(zip(names, values, strict=True))
 
 
 def _first_line(exc: BaseException) -> str:

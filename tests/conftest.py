@@ -156,3 +156,72 @@ def image() -> np.ndarray:
 
 REAL_MODEL = ROOT / "models" / "efficientnet_lite0.onnx"
 EXAMPLES = ROOT / "examples"
+
+
+def head_weights(units: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 1.0, (units, K)).astype(np.float32), rng.normal(0, 0.1, units).astype(
+        np.float32
+    )
+
+
+def build_heads(
+    path: Path,
+    weights: TinyWeights,
+    heads: dict[str, tuple[int, str | None]],
+    *,
+    map_output: bool = False,
+) -> Path:
+    """The tiny CNN's pooled features (``embed``, (N, K)) feeding several linear heads.
+
+    ``heads`` maps an output name to (units, activation), activation ``Softmax``, ``Sigmoid``
+    or None; head ``i`` has the weights ``head_weights(units, seed=i)``. The pooled features
+    are an output when ``"embed"`` is among the heads' names with units 0; ``map_output``
+    also exposes the (N, K, 8, 8) map as output ``heat``.
+    """
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1], name="features/conv"),
+        helper.make_node("Relu", ["conv"], ["feat"], name="features/relu"),
+        helper.make_node("GlobalAveragePool", ["feat"], ["pooled"], name="head/gap"),
+        helper.make_node("Flatten", ["pooled"], ["embed"], name="head/flatten"),
+    ]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(weights.conv_w, "conv_w"),
+        numpy_helper.from_array(weights.conv_b, "conv_b"),
+    ]
+    outputs = []
+    for i, (name, (units, act)) in enumerate(heads.items()):
+        if units == 0:
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", K]))
+            continue
+        w, b = head_weights(units, i)
+        inits += [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
+        raw = f"{name}_raw" if act else name
+        nodes.append(helper.make_node("Gemm", ["embed", f"{name}_w", f"{name}_b"], [raw], transB=1))
+        if act:
+            extra = {"axis": 1} if act == "Softmax" else {}
+            nodes.append(helper.make_node(act, [raw], [name], **extra))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", units]))
+    if map_output:
+        nodes.append(helper.make_node("Identity", ["feat"], ["heat"]))
+        outputs.append(helper.make_tensor_value_info("heat", TensorProto.FLOAT, ["N", K, 8, 8]))
+    graph = helper.make_graph(
+        nodes,
+        "heads",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        outputs,
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def unit_input(image: np.ndarray) -> np.ndarray:
+    """The tiny models' input for ``image`` under preset ``unit`` (no resize at 16x16)."""
+    return (
+        (image.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None].astype(np.float64)
+    )

@@ -22,7 +22,7 @@ OUTPUT_FILES = ("{}.json", "{}.npy", "{}_overlay.png", "{}_saliency.png")
 RECORD_KEYS = {
     "model", "node", "tensor", "class_index", "label", "score", "top5", "method",
     "channels_total", "channels_used", "channels_skipped", "provider", "timings",
-    "onnxcam_version",
+    "onnxcam_version", "schema_version", "targets", "files",
 }  # fmt: skip
 
 
@@ -377,3 +377,79 @@ def test_method_options_reach_the_record(inputs, out, extra, compat, used, dropp
     record = json.loads((out / "good.json").read_text())
     assert record["options"]["compat"] == compat
     assert record["channels_used"] == used and record["channels_dropped"] == dropped
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def test_several_targets_write_numbered_files_and_one_record_per_image(
+    inputs: Path, out: Path
+) -> None:
+    result = explain(
+        inputs / "model.onnx", inputs / "good.png", out=out,
+        extra=("--target", "top:2", "--target", "index:at=1:act=sigmoid"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tagged = [f"good_t{i}{s}" for i in range(3) for s in ("_overlay.png", "_saliency.png", ".npy")]
+    assert files_in(out) == sorted(["good.json", *tagged])
+    record = json.loads((out / "good.json").read_text(encoding="utf-8"))
+    assert [t["kind"] for t in record["targets"]] == ["top", "top", "index"]
+    assert [t["files"]["overlay"] for t in record["targets"]] == [
+        f"good_t{i}_overlay.png" for i in range(3)
+    ]
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"{inputs / 'good.png'}: 3 targets")
+    assert lines[1].startswith("  t0: class ") and lines[3].startswith("  t2: index logits[1]")
+
+
+def test_target_file_and_results_jsonl_carry_every_target(
+    inputs: Path, out: Path, image: np.ndarray
+) -> None:
+    write_png(inputs / "second.png", image[::-1].copy())
+    spec = inputs / "targets.json"
+    spec.write_text(json.dumps([{"kind": "class", "value": 2}, {"kind": "top", "value": 1}]))
+    result = explain(
+        inputs / "model.onnx", inputs / "good.png", inputs / "second.png", out=out,
+        extra=("--target-file", str(spec)),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        assert [t["spec"] for t in record["targets"]] == ["class:2", "top"]
+        assert record["targets"][0]["class_index"] == 2
+        assert record["targets"][1]["files"]["npy"].endswith("_t1.npy")
+
+
+@pytest.mark.parametrize(
+    ("spec", "phrases"),
+    [
+        ("clas:1", ("unknown kind 'clas'", "did you mean 'class'")),
+        ("class:1:prb=logit", ("unknown key 'prb'", "did you mean 'prob'")),
+        ("top:0", ("top:0", "at least 1")),
+        ("class:output=scores", ("no output 'scores'", "'logits' (1, 3)")),
+        ("embedding:ref=nowhere.png", ("ref=nowhere.png", "not found")),
+        ("index:at=9", ("at=9", "at=0..2")),
+    ],
+)
+def test_bad_targets_get_one_line(inputs: Path, out: Path, spec: str, phrases) -> None:
+    run_bad(inputs, out, inputs / "model.onnx", inputs / "good.png", *phrases,
+            extra=("--target", spec))  # fmt: skip
+
+
+def test_unreadable_target_file(inputs: Path, out: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "t.json"
+    bad.write_text("{nope", encoding="utf-8")
+    run_bad(inputs, out, inputs / "model.onnx", inputs / "good.png", "not valid JSON",
+            extra=("--target-file", str(bad)))  # fmt: skip
+
+
+def test_names_from_the_model_cannot_drive_the_terminal(
+    inputs: Path, out: Path, image: np.ndarray
+) -> None:
+    labels = json.dumps(["\x1b[2J\x1b[31mevil\x07", "b\rc", "d"])
+    model = build_tiny(inputs / "evil.onnx", tiny_weights(), metadata={"labels": labels})
+    result = explain(model, inputs / "good.png", out=out, extra=("--target", "top:3"))
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "\r" not in result.output
+    assert "\\x1b[31mevil\\x07" in result.output

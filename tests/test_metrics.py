@@ -14,9 +14,16 @@ from onnxcam.cli import cli
 from onnxcam.evaluate import evaluate, summarize
 
 
-def mean_score(batches):
-    """A "model" whose score is the mean input value: curves have closed forms."""
-    return np.concatenate([b.reshape(b.shape[0], -1).mean(axis=1) for b in batches])
+def mean_scorer(chunk):
+    """A "model" whose score is the mean input value (curves have closed forms), reading its
+    inputs ``chunk`` at a time."""
+
+    def score(count, inputs):
+        rows = np.concatenate([b.reshape(b.shape[0], -1).mean(axis=1) for b in inputs(chunk)])
+        assert rows.shape == (count,)
+        return rows
+
+    return score
 
 
 def test_auc_trapezoid_on_unit_interval():
@@ -34,9 +41,7 @@ def test_average_drop_and_increase_in_confidence():
 def test_deletion_of_uniform_image_is_half():
     x = np.ones((1, 1, 4, 4), np.float32)
     sal = np.random.default_rng(0).uniform(size=(4, 4))
-    curve = metrics.causal_curve(
-        mean_score, x, np.zeros_like(x), sal, steps=4, chunk=2, layout="NCHW"
-    )
+    curve = metrics.causal_curve(mean_scorer(2), x, np.zeros_like(x), sal, steps=4, layout="NCHW")
     np.testing.assert_allclose(curve, [1, 0.75, 0.5, 0.25, 0])
     assert metrics.auc(curve) == pytest.approx(0.5)
 
@@ -51,9 +56,7 @@ def test_good_map_deletes_fast_and_inserts_fast(layout):
     zero = np.zeros_like(x)
 
     def curve(start, finish, sal, chunk=3):
-        return metrics.causal_curve(
-            mean_score, start, finish, sal, steps=4, chunk=chunk, layout=layout
-        )
+        return metrics.causal_curve(mean_scorer(chunk), start, finish, sal, steps=4, layout=layout)
 
     np.testing.assert_allclose(curve(x, zero, good), [0.5, 0.25, 0, 0, 0])
     assert metrics.auc(curve(x, zero, good)) == pytest.approx(0.125)

@@ -123,11 +123,14 @@ def test_baselines(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (8, 12, 3), np.uint8)
     s, norm = spec(h=8, w=12), PRESETS["imagenet"]
     x = preprocess.to_tensor(rgb, s, norm)
-    assert preprocess.baseline_tensor("none", rgb, x, s, norm) is None
-    assert not preprocess.baseline_tensor("zero", rgb, x, s, norm).any()
-    black = preprocess.baseline_tensor("black", rgb, x, s, norm)
+    assert preprocess.baseline_tensor("none", x, s, norm) is None
+    assert not preprocess.baseline_tensor("zero", x, s, norm).any()
+    black = preprocess.baseline_tensor("black", x, s, norm)
     np.testing.assert_allclose(
         black[0, :, 0, 0], -np.array(norm.mean) / np.array(norm.std), rtol=1e-5
     )
-    blur = preprocess.baseline_tensor("blur", rgb, x, s, norm)
+    blur = preprocess.baseline_tensor("blur", x, s, norm)
     assert blur.shape == x.shape and blur.std() < x.std()
+    # Blurring the normalised input equals normalising the blurred image (sigma 1 here).
+    blurred = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 1.0)
+    np.testing.assert_allclose(blur, preprocess.to_tensor(blurred, s, norm), atol=1e-5)

@@ -14,7 +14,8 @@ TIMING_KEYS = {"preprocess_s", "activation_s", "masks_s", "masked_s", "combine_s
 
 
 def test_whole_record_of_one_explanation(tiny, image):
-    record = json.loads(json.dumps(Explainer(tiny, preset="unit").explain(image).to_record()))
+    result = Explainer(tiny, preset="unit").explain(image)
+    record = json.loads(json.dumps(result.to_record()))
     timings = record.pop("timings")
     assert set(timings) == TIMING_KEYS and all(v >= 0 for v in timings.values())
     assert timings["total_s"] == pytest.approx(sum(v for k, v in timings.items() if k != "total_s"))
@@ -23,7 +24,26 @@ def test_whole_record_of_one_explanation(tiny, image):
     scores = [t.pop("score") for t in record["top5"]]
     assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0)
     assert record.pop("score") == pytest.approx(scores[0])
+    (entry,) = record.pop("targets")
+    assert entry.pop("score") == pytest.approx(scores[0])
+    peak_y, peak_x = np.unravel_index(np.argmax(result.saliency), result.saliency.shape)
+    assert entry.pop("map") == {
+        "mean": pytest.approx(float(result.saliency.mean())),
+        "peak": [int(peak_x), int(peak_y)],
+        "area_above_half": pytest.approx(float((result.saliency >= 0.5).mean())),
+        "all_zero": False,
+    }
+    assert entry == {
+        "kind": "class",
+        "spec": "class",
+        "output": "logits",
+        "class_index": 0,
+        "label": None,
+        "scored": "softmax",
+        "summary": f"class 0 (p={scores[0]:.3f})",
+    }
     assert record == {
+        "schema_version": 1,
         "source": None,
         "model": str(tiny),
         "node": "features/relu",
@@ -70,7 +90,6 @@ def test_whole_record_of_one_explanation(tiny, image):
     }
 
 
-@pytest.mark.xfail(strict=True, reason="the activation pass ignores the fixed batch of 2")
 def test_model_with_batch_fixed_to_two(tmp_path, weights, image):
     """A batch fixed to 2 that cannot be freed: every pass, the activation pass included,
     runs two rows at a time, and the map equals that of the free-batch model."""
@@ -81,3 +100,12 @@ def test_model_with_batch_fixed_to_two(tmp_path, weights, image):
     np.testing.assert_allclose(
         explainer.explain(image).saliency, free.explain(image).saliency, atol=1e-6
     )
+
+
+def test_saved_record_names_its_files(tiny, image, tmp_path):
+    result = Explainer(tiny, preset="unit").explain(image)
+    result.save(tmp_path, stem="img")
+    saved = json.loads((tmp_path / "img.json").read_text())
+    files = {"overlay": "img_overlay.png", "saliency": "img_saliency.png", "npy": "img.npy"}
+    assert saved["files"] == {"json": "img.json", **files}
+    assert saved["targets"][0]["files"] == files

@@ -1,8 +1,7 @@
-"""Provider selection, CUDA options, sessions and the chunked runner."""
+"""Provider selection, CUDA options and sessions."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from onnxcam import DeviceError, runtime
@@ -55,16 +54,6 @@ def test_cuda_without_gpu_is_an_error_not_a_silent_cpu_run(tiny):
         if CUDA not in ort.get_available_providers():
             raise DeviceError("no CUDA provider in this build")
         Session(tiny.read_bytes(), device="cuda")
-
-
-def test_run_chunks_pads_to_a_fixed_shape_and_trims(tiny):
-    session = Session(tiny.read_bytes(), device="cpu")
-    rng = np.random.default_rng(0)
-    batches = [rng.uniform(size=(n, 3, 16, 16)).astype(np.float32) for n in (4, 4, 1)]
-    outs = list(session.run_chunks(iter(batches), ["logits"], pad_to=4))
-    assert [o["logits"].shape[0] for o in outs] == [4, 4, 1]
-    single = session.run(batches[2], ["logits"])["logits"]
-    np.testing.assert_allclose(outs[2]["logits"], single, rtol=1e-5)
 
 
 def test_installed_runtimes_lists_exactly_one_here():

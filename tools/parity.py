@@ -144,8 +144,8 @@ def _compare(args: argparse.Namespace, image: Path, model, layer, explainer) -> 
     result = explainer.explain(rgb, target=target)
     onnxcam_s = time.perf_counter() - t0
     ours = result.saliency
-    fwd = explainer.forward(rgb, target=target)
-    logits_ort = fwd.outputs[explainer.class_output][0]
+    fwd = explainer.forward(rgb)
+    logits_ort = fwd.outputs[result.targets[0].info["output"]][0]
 
     record = {
         "model": args.model,

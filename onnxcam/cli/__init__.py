@@ -1,0 +1,71 @@
+"""The command line: a thin click adapter over the library. The only package that prints."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import click
+
+from ..errors import OnnxCamError
+from ..result import version
+from .common import safe
+from .evaluate import evaluate
+from .explain import explain
+from .nodes import nodes
+
+__all__ = ["cli", "main"]
+
+
+class _Cli(click.Group):
+    """Turns library errors into one line and a non-zero exit; ``--debug`` shows tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OnnxCamError as exc:
+            if _debug(ctx):
+                raise
+            raise click.ClickException(safe(exc)) from None
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            raise click.ClickException(
+                safe(
+                    f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+                )
+            ) from None
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool((ctx.obj or {}).get("debug"))
+
+
+@click.group(cls=_Cli)
+@click.version_option(version(), prog_name="onnxcam")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Saliency maps (Score-CAM) for image models exported to ONNX."""
+    ctx.obj = {"debug": debug}
+
+
+cli.add_command(nodes)
+cli.add_command(explain)
+cli.add_command(evaluate)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _quiet_opencv()
+    cli(prog_name="onnxcam")
+
+
+def _quiet_opencv() -> None:
+    # OpenCV writes decoder warnings straight to stderr; onnxcam reports bad images itself.
+    import cv2
+
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

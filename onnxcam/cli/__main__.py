@@ -1,0 +1,5 @@
+"""``python -m onnxcam.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,199 @@
+"""What the commands share: the Explainer options, image lists, output names, safe printing."""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import preprocess
+from ..errors import OnnxCamError
+from ..explain import Explainer
+from ..methods.scorecam import BASELINES, COMPAT, RANKS
+from ..runtime import DEVICES
+from ..targets import TargetSpec, load_target_file, parse_target
+
+IMAGE_SUFFIXES = {
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm",
+}  # fmt: skip
+
+
+def safe(text: object) -> str:
+    """``text`` with control and other unprintable characters escaped, so names from models
+    and file systems cannot move the cursor, recolour or rewrite the terminal."""
+    out = []
+    for char in str(text):
+        if char in "\n\t" or unicodedata.category(char)[0] != "C":
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
+def echo(text: object, *, err: bool = False) -> None:
+    click.echo(safe(text), err=err)
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+    if value is None:
+        return None
+    try:
+        values = tuple(float(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a list of numbers, e.g. 0.5,0.5,0.5") from None
+    if len(values) not in (1, 3):
+        raise click.BadParameter(f"needs 1 or 3 numbers, got {len(values)}")
+    return values
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+    if value is None:
+        return None
+    parts = value.lower().replace("x", " ").replace(",", " ").split()
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a size; use 224 or 224x320 (HxW)") from None
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 1:
+        raise click.BadParameter(f"'{value}' is not a size; use 224 or 224x320 (HxW)")
+    return dims
+
+
+def collect_images(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def stems(images: list[Path]) -> list[str]:
+    """Output names: the file stem, made unique when two inputs share one."""
+    used: dict[str, int] = {}
+    names = []
+    for image in images:
+        stem = image.stem or "image"
+        count = used.get(stem, 0)
+        used[stem] = count + 1
+        names.append(stem if count == 0 else f"{stem}_{count + 1}")
+    return names
+
+
+TARGET_HELP = (
+    "What to explain (repeatable): a class number, or KIND[:VALUE][:key=value...] with KIND "
+    "class, top, embedding or index, e.g. top:5, embedding:ref=b.jpg (default: the top class)."
+)
+
+# Options shared by every command that builds an Explainer, in the order --help shows them.
+_EXPLAINER_OPTIONS = [
+    click.option("--node", default="auto", show_default=True,
+                 help="Node name, tensor name, or auto."),
+    click.option("--preset", type=click.Choice(sorted(preprocess.PRESETS)),
+                 help="Input normalisation (default: the model's metadata, else imagenet)."),
+    click.option("--mean", callback=_floats, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
+    click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
+    click.option("--scale", type=float, help="Pixel (0..255) multiplier applied before mean/std."),
+    click.option("--bgr/--rgb", default=None, help="Colour order the model expects."),
+    click.option("--size", callback=_size, help="Input size HxW when the model's is dynamic."),
+    click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
+                 help="Override layout detection."),
+    click.option("--target", "target_specs", multiple=True, metavar="SPEC", help=TARGET_HELP),
+    click.option("--target-file", type=click.Path(path_type=Path),
+                 help="Targets as JSON: an object or a list of objects with 'kind' and keys."),
+    click.option("--baseline", type=click.Choice(BASELINES), default="none", show_default=True,
+                 help="Score subtracted from each masked score."),
+    click.option("--compat", type=click.Choice(list(COMPAT)), default="official",
+                 show_default=True, help="Reproduce another implementation's Score-CAM."),
+    click.option("--channels", type=click.IntRange(min=1),
+                 help="Fast mode: score only the top N channels (default: all, exact)."),
+    click.option("--rank", type=click.Choice(RANKS), default="std", show_default=True,
+                 help="Fast-mode ranking: spatial std (Faster Score-CAM) or max (CSKIP)."),
+    click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run."),
+    click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--fp16", is_flag=True,
+                 help="Run the model in float16 (for CUDA; needs onnxcam[fp16])."),
+    click.option("--labels", "labels_file", type=click.Path(path_type=Path),
+                 help="Class names: one per line, or JSON."),
+    click.option("--max-pixels", type=click.IntRange(min=1),
+                 default=preprocess.DEFAULT_MAX_PIXELS, show_default=True,
+                 help="Refuse images larger than this many pixels."),
+]  # fmt: skip
+
+
+def explainer_options(command: Any) -> Any:
+    """Decorate a command with the shared Explainer options."""
+    for option in reversed(_EXPLAINER_OPTIONS):
+        command = option(command)
+    return command
+
+
+def target_specs(options: dict[str, Any]) -> list[TargetSpec] | None:
+    """The ``--target`` and ``--target-file`` specs, parsed before any model is loaded;
+    None when neither is given (each image's default target)."""
+    specs = [parse_target(text) for text in options["target_specs"]]
+    if options["target_file"] is not None:
+        specs += load_target_file(options["target_file"])
+    return specs or None
+
+
+def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
+    """Build the Explainer from the shared options (targets are per call, not per model)."""
+    scorecam_options = replace(
+        COMPAT[options["compat"]], top_channels=options["channels"], rank=options["rank"]
+    )
+    explainer = Explainer(
+        model,
+        node=options["node"],
+        preset=options["preset"],
+        mean=options["mean"],
+        std=options["std"],
+        scale=options["scale"],
+        bgr=options["bgr"],
+        size=options["size"],
+        layout=options["layout"],
+        baseline=options["baseline"],
+        options=scorecam_options,
+        batch_size=options["batch_size"],
+        threads=options["threads"],
+        device=options["device"],
+        fp16=options["fp16"],
+        labels=options["labels_file"],
+        max_pixels=options["max_pixels"],
+    )
+    for note in explainer.notes:
+        echo(f"note: {note}", err=True)
+    return explainer
+
+
+def image_files(images: tuple[Path, ...]) -> list[Path]:
+    files = collect_images(images)
+    if not files:
+        raise click.ClickException(safe("no image files found in " + ", ".join(map(str, images))))
+    return files
+
+
+def report_error(exc: OnnxCamError, after_bar: bool) -> None:
+    echo(f"\nerror: {exc}" if after_bar else f"error: {exc}", err=True)
+
+
+def finish(failures: int, total: int) -> None:
+    if failures and total == 1:
+        sys.exit(1)  # the error line already says it all
+    if failures:
+        raise click.ClickException(f"{failures} of {total} images failed")

@@ -1,0 +1,335 @@
+"""Score-CAM (Wang et al., CVPR-W 2020, https://arxiv.org/abs/1910.01279)::
+
+    M_k = minmax(Up(A_k))                    # one mask per channel, in [0, 1]
+    s_k = f(x ⊙ M_k) - f(X_b)                # score of the masked input, minus a baseline
+    L   = ReLU(Σ_k s_k · Up(A_k)) / max(...)  # at input resolution
+
+``Up`` is bilinear interpolation with half-pixel centres unless ``align_corners`` is set.
+Constant channels carry no location and are skipped exactly; channels whose masks are equal
+run once; fast modes keep the top-N channels by spatial std (Faster Score-CAM) or maximum
+(CSKIP). ``COMPAT`` holds the option bundles that reproduce other libraries' Score-CAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .. import ops, preprocess
+from ..errors import ConfigError
+from .base import Clean, Method, Plan
+
+__all__ = [
+    "BASELINES",
+    "COMPAT",
+    "RANKS",
+    "SCORES",
+    "ScoreCam",
+    "ScoreCamOptions",
+    "channel_weights",
+    "combine",
+    "compat_name",
+    "distinct_channels",
+    "iter_masks",
+    "top_channels",
+]
+
+SCORES = ("probability", "logit", "logit_delta")
+RANKS = ("std", "max")
+BASELINES = ("none", "zero", "black", "blur")
+
+
+@dataclass(frozen=True)
+class ScoreCamOptions:
+    """The knobs on which Score-CAM implementations differ (see ``COMPAT`` for bundles).
+
+    Attributes:
+        score: ``"probability"`` (softmax of the output, unless it already is one),
+            ``"logit"`` (the raw output) or ``"logit_delta"`` (raw output minus the clean
+            image's). Applies to class targets whose ``prob`` is ``auto``.
+        channel_softmax: replace the channel scores by their softmax across channels.
+        align_corners: upsample masks with corner-aligned bilinear interpolation.
+        normalize_first: min-max each channel at feature resolution, then upsample it.
+        mask_eps: added to the mask min-max denominator.
+        skip_constant: give constant channels weight 0 without running them; otherwise they
+            are scored as the all-zero mask (as libraries that do not skip them do).
+        combine_at: ``"input"``: ``ReLU(Up(Σ w_k A_k))`` divided by its max; ``"feature"``:
+            ``minmax(ReLU(Σ w_k A_k))`` at feature resolution, then upsampled.
+        cam_eps: added to the min-max denominators of the ``"feature"`` combination.
+        renormalize: min-max the upsampled ``"feature"`` combination once more.
+        top_channels: run only the N non-constant channels ranked highest by ``rank`` (fast
+            mode; the others get weight 0). None runs every channel (exact).
+        rank: ``"std"`` (spatial standard deviation: Faster Score-CAM, tf-keras-vis
+            ``max_N``) or ``"max"`` (channel maximum: CSKIP).
+    """
+
+    score: str = "probability"
+    channel_softmax: bool = False
+    align_corners: bool = False
+    normalize_first: bool = False
+    mask_eps: float = 0.0
+    skip_constant: bool = True
+    combine_at: str = "input"
+    cam_eps: float = 0.0
+    renormalize: bool = False
+    top_channels: int | None = None
+    rank: str = "std"
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"unknown score '{self.score}'; valid: {', '.join(SCORES)}")
+        if self.combine_at not in ("input", "feature"):
+            raise ConfigError(f"unknown combine_at '{self.combine_at}'; valid: input, feature")
+        if self.rank not in RANKS:
+            raise ConfigError(f"unknown rank '{self.rank}'; valid: {', '.join(RANKS)}")
+        if self.top_channels is not None and self.top_channels < 1:
+            raise ConfigError(f"top_channels must be at least 1, got {self.top_channels}")
+
+
+#: Named bundles that reproduce other implementations' maps.
+COMPAT: dict[str, ScoreCamOptions] = {
+    # haofanwang/Score-CAM: softmax probability, masks and combination at input resolution,
+    # constant channels skipped. The final map is divided by its max (SPEC §2).
+    "official": ScoreCamOptions(),
+    # pytorch-grad-cam ScoreCAM: raw logit, align_corners=True masks with eps 1e-8, softmax
+    # across channels, ReLU and min-max (eps 1e-7) at feature resolution, cv2.resize, min-max.
+    "grad-cam": ScoreCamOptions(
+        score="logit",
+        channel_softmax=True,
+        align_corners=True,
+        mask_eps=1e-8,
+        skip_constant=False,
+        combine_at="feature",
+        cam_eps=1e-7,
+        renormalize=True,
+    ),
+    # torchcam ScoreCAM: per-channel min-max (eps 1e-8) at feature resolution, then
+    # align_corners=False upsampling; logit minus clean logit, softmax across channels; ReLU
+    # and min-max (eps 1e-8) at feature resolution; upsampled without renormalising.
+    "torchcam": ScoreCamOptions(
+        score="logit_delta",
+        channel_softmax=True,
+        normalize_first=True,
+        mask_eps=1e-8,
+        skip_constant=False,
+        combine_at="feature",
+        cam_eps=1e-8,
+    ),
+}
+
+
+def compat_name(options: ScoreCamOptions) -> str:
+    """The preset the options come from (fast-mode settings aside), or ``custom``."""
+    core = replace(options, top_channels=None, rank="std")
+    return next((name for name, preset in COMPAT.items() if preset == core), "custom")
+
+
+def distinct_channels(
+    acts: np.ndarray, *, eps: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort channels into constant ones and groups that give the same mask.
+
+    Two channels give the same mask when their min-max normalised maps are equal (for
+    example exact copies), so each group needs one masked pass.
+
+    Args:
+        acts: (K, h, w) activations.
+        eps: the mask denominator's eps (with eps > 0 only exact copies are merged).
+
+    Returns:
+        ``(constant, representatives, owner)``: a boolean (K,) mask of constant channels;
+        the indices of the channels to run, one per distinct mask; and for every channel
+        the position in ``representatives`` whose score it takes (-1 for constant ones).
+    """
+    k = acts.shape[0]
+    flat = acts.reshape(k, -1)
+    constant = flat.max(axis=1) == flat.min(axis=1)
+    normalized = ops.minmax(acts, eps=eps).reshape(k, -1)
+    owner = np.full(k, -1, np.int64)
+    seen: dict[bytes, int] = {}
+    reps: list[int] = []
+    for i in np.flatnonzero(~constant):
+        key = normalized[i].tobytes()
+        if key not in seen:
+            seen[key] = len(reps)
+            reps.append(int(i))
+        owner[i] = seen[key]
+    return constant, np.asarray(reps, np.int64), owner
+
+
+def top_channels(acts: np.ndarray, n: int, rank: str = "std") -> np.ndarray:
+    """Boolean (K,) mask of the ``n`` non-constant channels with the largest spatial std
+    (``rank="std"``) or maximum (``rank="max"``); ties go to the lower index."""
+    flat = acts.reshape(acts.shape[0], -1).astype(np.float64)
+    key = flat.std(axis=1) if rank == "std" else flat.max(axis=1)
+    constant = flat.max(axis=1) == flat.min(axis=1)
+    key = np.where(constant, -np.inf, key)
+    order = np.argsort(-key, kind="stable")
+    keep = np.zeros(acts.shape[0], bool)
+    keep[order[: min(n, int((~constant).sum()))]] = True
+    return keep
+
+
+def iter_masks(
+    acts: np.ndarray,
+    channels: np.ndarray,
+    size: tuple[int, int],
+    chunk: int,
+    options: ScoreCamOptions,
+) -> Iterator[np.ndarray]:
+    """Masks M_k for the given channels, ``chunk`` at a time, as (n, H, W) float32 arrays.
+
+    Only one chunk of upsampled maps exists at any time, whatever K is.
+    """
+    for start in range(0, len(channels), chunk):
+        part = acts[channels[start : start + chunk]]
+        if options.normalize_first:
+            masks = ops.upsample(
+                ops.minmax(part, eps=options.mask_eps), size, align_corners=options.align_corners
+            )
+        else:
+            masks = ops.minmax(
+                ops.upsample(part, size, align_corners=options.align_corners),
+                eps=options.mask_eps,
+            )
+        yield masks
+
+
+def channel_weights(
+    scores: np.ndarray, baseline: float, *, channel_softmax: bool = False
+) -> np.ndarray:
+    """``s_k = f(X_k) - f(X_b)``, or their softmax across channels."""
+    weights = scores.astype(np.float64) - baseline
+    if channel_softmax:
+        shifted = np.exp(weights - weights.max(initial=-np.inf))
+        weights = shifted / shifted.sum()
+    return weights
+
+
+def combine(
+    acts: np.ndarray, weights: np.ndarray, size: tuple[int, int], options: ScoreCamOptions
+) -> np.ndarray:
+    """The saliency map from activations (K, h, w) and channel weights (K,), (H, W) in [0, 1].
+
+    An all-zero map stays all zero.
+    """
+    summed = np.tensordot(weights.astype(np.float64), acts.astype(np.float64), axes=1)
+    if options.combine_at == "feature":
+        small = ops.minmax(np.maximum(summed, 0.0)[None], eps=options.cam_eps)[0]
+        cam = ops.upsample(small, size, align_corners=False)
+        return ops.minmax(cam[None], eps=options.cam_eps)[0] if options.renormalize else cam
+    cam = np.maximum(ops.upsample(summed, size, align_corners=False), 0.0)
+    peak = float(cam.max(initial=0.0))
+    if peak <= 0.0 or not np.isfinite(peak):
+        return np.zeros(size, np.float32)
+    return (cam / peak).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Channels:
+    """Which channels of one image run, and how their scores become weights."""
+
+    reps: np.ndarray  # channel run for each distinct mask
+    owner: np.ndarray  # per channel: index into reps, -1 when not run
+    active: np.ndarray  # per channel: gets a weight
+    constant: np.ndarray  # per channel: constant map
+    baseline: bool  # the plan's first input is the baseline X_b
+    blank: bool  # the next one is the all-zero mask (constant channels that count)
+
+
+class ScoreCam(Method):
+    """Score-CAM with the options of :class:`ScoreCamOptions` and a baseline.
+
+    Args:
+        options: the variant (``COMPAT`` has the named ones).
+        baseline: ``none`` (f(X_b) = 0, as in the authors' code), ``zero`` (zeros in input
+            space), ``black`` (a preprocessed black image) or ``blur`` (the blurred input).
+    """
+
+    name = "scorecam"
+
+    def __init__(self, options: ScoreCamOptions | None = None, *, baseline: str = "none") -> None:
+        self.settings = options or ScoreCamOptions()
+        if baseline not in BASELINES:
+            raise ConfigError(f"unknown baseline '{baseline}'; valid: {', '.join(BASELINES)}")
+        if self.settings.score == "logit_delta" and baseline != "none":
+            raise ConfigError(
+                "score 'logit_delta' already subtracts the clean image's score; use baseline 'none'"
+            )
+        self.baseline = baseline
+        self.score_kind = "probability" if self.settings.score == "probability" else "logit"
+
+    @classmethod
+    def from_settings(cls, *, options: Any, baseline: str) -> ScoreCam:
+        return cls(options, baseline=baseline)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "compat": compat_name(self.settings),
+            **asdict(self.settings),
+            "baseline": self.baseline,
+        }
+
+    def plan(self, clean: Clean) -> Plan:
+        options, acts = self.settings, clean.acts
+        constant, reps, owner = distinct_channels(acts, eps=options.mask_eps)
+        selected = np.ones(acts.shape[0], bool)
+        if options.top_channels is not None:
+            selected = top_channels(acts, options.top_channels, options.rank)
+        run = selected & ~constant
+        groups = np.unique(owner[run])
+        remap = np.full(len(reps) + 1, -1, np.int64)  # the last entry maps owner -1 to -1
+        remap[groups] = np.arange(len(groups))
+        owner = np.where(run, remap[owner], -1)
+        active = run if options.skip_constant else selected
+        # Every constant channel that counts gives the same all-zero mask: one pass for all.
+        blank = bool((active & constant).any())
+        base = preprocess.baseline_tensor(self.baseline, clean.x, clean.spec, clean.norm)
+        channels = _Channels(reps[groups], owner, active, constant, base is not None, blank)
+        extra = [base] if base is not None else []
+        if blank:
+            nothing = np.zeros((1, *clean.size), np.float32)
+            extra.append(ops.apply_masks(clean.x, nothing, clean.spec.layout))
+
+        def inputs(chunk: int) -> Iterator[np.ndarray]:
+            yield from extra
+            for masks in iter_masks(acts, channels.reps, clean.size, chunk, options):
+                yield ops.apply_masks(clean.x, masks, clean.spec.layout)
+
+        k = acts.shape[0]
+        used = int(active.sum())
+        skipped = int((constant & ~active).sum())
+        stats = {
+            "channels_total": int(k),
+            "channels_used": used,
+            "channels_skipped": skipped,
+            "channels_dropped": int(k - used - skipped),
+            "masked_passes": len(channels.reps) + int(blank),
+        }
+        return Plan(len(extra) + len(channels.reps), inputs, stats, channels)
+
+    def combine(
+        self, clean: Clean, plan: Plan, scores: np.ndarray, clean_score: float
+    ) -> np.ndarray:
+        channels: _Channels = plan.state
+        first = 0
+        base_score = clean_score if self.settings.score == "logit_delta" else 0.0
+        if channels.baseline:
+            base_score, first = float(scores[0]), 1
+        channel_scores = np.zeros(clean.acts.shape[0])
+        if channels.blank:
+            channel_scores[channels.active & channels.constant] = scores[first]
+            first += 1
+        ran = channels.owner >= 0
+        channel_scores[ran] = scores[first:][channels.owner[ran]]
+        weights = np.zeros(clean.acts.shape[0])
+        if channels.active.any():
+            weights[channels.active] = channel_weights(
+                channel_scores[channels.active],
+                base_score,
+                channel_softmax=self.settings.channel_softmax,
+            )
+        return combine(clean.acts, weights, clean.size, self.settings).astype(np.float32)

@@ -1,0 +1,124 @@
+"""Array operations shared by the methods and the metrics: resizing, normalising, masking.
+
+``upsample`` is bilinear interpolation with half-pixel centres (OpenCV ``INTER_LINEAR``,
+torch ``align_corners=False``) unless ``align_corners`` is set. Inputs are model-input tensors
+of one image, ``(1, C, H, W)`` or ``(1, H, W, C)``; masks and maps are ``(n, H, W)``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "apply_masks",
+    "as_dtype",
+    "blend",
+    "blur",
+    "channels_first",
+    "expand_masks",
+    "interp_matrix",
+    "minmax",
+    "resize_map",
+    "upsample",
+]
+
+
+def interp_matrix(n_in: int, n_out: int, *, align_corners: bool = False) -> np.ndarray:
+    """The (n_out, n_in) matrix of 1-D linear interpolation.
+
+    With half-pixel centres, output ``i`` samples input ``(i + 0.5) * n_in / n_out - 0.5``
+    clamped to the edges, exactly as OpenCV ``INTER_LINEAR`` and torch
+    ``align_corners=False``; with ``align_corners`` it samples ``i * (n_in - 1) / (n_out - 1)``.
+    """
+    out = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = out * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        src = np.maximum((out + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    frac[lo == n_in - 1] = 0.0
+    mat = np.zeros((n_out, n_in), np.float64)
+    np.add.at(mat, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(mat, (np.arange(n_out), hi), frac)
+    return mat.astype(np.float32)
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of (K, h, w) or (h, w) maps to ``size`` = (H, W), as matrix products."""
+    h, w = maps.shape[-2:]
+    rows = interp_matrix(h, size[0], align_corners=align_corners)
+    cols = interp_matrix(w, size[1], align_corners=align_corners)
+    return np.matmul(np.matmul(rows, maps.astype(np.float32, copy=False)), cols.T)
+
+
+def minmax(maps: np.ndarray, *, eps: float = 0.0) -> np.ndarray:
+    """Min-max each (..., h, w) map to [0, 1]; a constant map becomes all zeros."""
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - lo
+    safe = np.where(span > 0, span + eps, 1.0)
+    return np.where(span > 0, (maps - lo) / safe, 0.0).astype(np.float32)
+
+
+def channels_first(acts: np.ndarray, layout: str) -> np.ndarray:
+    """One image's feature map (h, w, K) or (K, h, w) as (K, h, w)."""
+    return np.transpose(acts, (2, 0, 1)) if layout == "NHWC" else acts
+
+
+def expand_masks(masks: np.ndarray, layout: str) -> np.ndarray:
+    """(n, H, W) masks broadcastable against (n, C, H, W) or (n, H, W, C) inputs."""
+    return masks[:, None] if layout == "NCHW" else masks[..., None]
+
+
+def apply_masks(x: np.ndarray, masks: np.ndarray, layout: str) -> np.ndarray:
+    """``x ⊙ M_k`` for each mask, broadcast over colour channels, in the input's dtype.
+
+    Args:
+        x: the preprocessed input, (1, C, H, W) or (1, H, W, C).
+        masks: (n, H, W) masks.
+        layout: ``"NCHW"`` or ``"NHWC"``.
+    """
+    out = x.astype(np.float32, copy=False) * expand_masks(masks, layout)
+    if np.issubdtype(x.dtype, np.integer):
+        out = np.round(out)
+    return out.astype(x.dtype, copy=False)
+
+
+def blend(start: np.ndarray, finish: np.ndarray, taken: np.ndarray, layout: str) -> np.ndarray:
+    """Per mask in ``taken`` (n, H, W) of booleans: ``finish`` where true, ``start`` elsewhere."""
+    return np.where(expand_masks(taken, layout), finish, start).astype(start.dtype)
+
+
+def blur(x: np.ndarray, layout: str, *, sigma: float, ksize: int = 0) -> np.ndarray:
+    """Gaussian blur of a (1, C, H, W) / (1, H, W, C) input, each colour channel alone.
+
+    ``ksize`` 0 lets OpenCV derive the kernel from ``sigma``; borders reflect (101).
+    Blurring commutes with the per-channel affine normalisation, so blurring a normalised
+    input equals normalising a blurred image.
+    """
+    planes = x[0].astype(np.float32)
+    if layout == "NCHW":
+        planes = planes.transpose(1, 2, 0)
+    blurred = cv2.GaussianBlur(planes, (ksize, ksize), sigma, borderType=cv2.BORDER_REFLECT_101)
+    if blurred.ndim == 2:
+        blurred = blurred[:, :, None]
+    if layout == "NCHW":
+        blurred = blurred.transpose(2, 0, 1)
+    return as_dtype(blurred[None], x.dtype)
+
+
+def as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Float values as a contiguous array of ``dtype``: rounded and clipped to its range when
+    it is an integer type."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    return np.ascontiguousarray(values.astype(dtype))
+
+
+def resize_map(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A map at input resolution resized to the image's (H, W), bilinear, clipped to [0, 1]."""
+    resized = cv2.resize(saliency, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,127 @@
+"""Everything an Explainer builds once: the model loaded and checked, the node resolved, the
+feature map exposed, the batch dimension freed where provable, and the session opened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from . import graph, modelinfo
+from .config import ExplainerConfig, normalization, validate
+from .errors import ModelError
+from .labels import labels_from_metadata, load_labels
+from .preprocess import InputSpec, Normalization
+from .runtime import Session, installed_runtimes
+from .targets import OutputInfo
+
+__all__ = ["Prepared", "prepare"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The loaded model and its session.
+
+    Attributes:
+        metadata: the model's ``metadata_props``.
+        norm: the input normalisation.
+        spec: what the image input wants (layout, size, channels, dtype).
+        candidate: the explained node.
+        feature_output: the graph output that carries the node's map.
+        outputs: the model's own outputs, in graph order.
+        session: one session serving every pass.
+        fixed_batch: the model's batch dimension when it could not be freed, else None.
+        default_batch: the batch size for this model and provider.
+        labels: class names, when known.
+        notes: things worth telling the user about the model.
+    """
+
+    metadata: dict[str, str]
+    norm: Normalization
+    spec: InputSpec
+    candidate: graph.Candidate
+    feature_output: str
+    outputs: tuple[OutputInfo, ...]
+    session: Session
+    fixed_batch: int | None
+    default_batch: int
+    labels: list[str] | None
+    notes: tuple[str, ...]
+
+
+def prepare(config: ExplainerConfig) -> Prepared:
+    """Load, resolve, rewrite and open the model of ``config`` (the file is never modified).
+
+    Raises:
+        ConfigError, ModelError, NodeError, DeviceError: what is wrong, in one line.
+    """
+    validate(config)
+    notes: list[str] = []
+    runtimes = installed_runtimes()
+    if len(runtimes) > 1:
+        notes.append(
+            f"several ONNX Runtime builds are installed ({', '.join(runtimes)}); they "
+            "overwrite each other's files: keep one (pip uninstall the others, reinstall it)"
+        )
+    model = graph.load_model(config.model)
+    index = graph.GraphIndex(model)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    norm = normalization(config, metadata)
+    spec = modelinfo.input_spec(index, layout=config.layout, size=config.size)
+    candidate = graph.resolve_node(model, config.node, index)
+    outputs = tuple(
+        OutputInfo(name, index.shape(name), modelinfo.output_activation(index, name))
+        for name in index.outputs
+    )
+    if config.fp16:
+        half = graph.to_float16(model)
+        exposed, feature_output = graph.expose_float32(half, candidate.tensor)
+    else:
+        exposed = graph.expose(model, candidate.tensor, index)
+        feature_output = candidate.tensor
+    session, fixed = _open_session(exposed, index, spec, config, notes)
+    labels = _labels(config.labels, metadata)
+    default_batch = modelinfo.default_batch(index, spec, session.info.provider)
+    return Prepared(
+        metadata, norm, spec, candidate, feature_output, outputs, session, fixed,
+        default_batch, labels, tuple(notes),
+    )  # fmt: skip
+
+
+def _open_session(
+    exposed: onnx.ModelProto,
+    index: graph.GraphIndex,
+    spec: InputSpec,
+    config: ExplainerConfig,
+    notes: list[str],
+) -> tuple[Session, int | None]:
+    """A session over the exposed model, with a free batch dimension where provable."""
+    first = index.shape(index.inputs[0])
+    batch_dim = first[0] if first else None
+    if not isinstance(batch_dim, int) or batch_dim < 1:
+        return _session(exposed, config), None
+    dynamic, changed = graph.make_batch_dynamic(exposed)
+    if changed:
+        try:
+            session = _session(dynamic, config)
+            if modelinfo.batch_consistent(session, spec):
+                return session, None
+        except ModelError:
+            pass
+    notes.append(
+        f"the model's batch dimension is fixed to {batch_dim} and could not be freed "
+        f"safely; masked passes run {batch_dim} at a time"
+    )
+    return _session(exposed, config), batch_dim
+
+
+def _session(model: onnx.ModelProto, config: ExplainerConfig) -> Session:
+    return Session(model.SerializeToString(), device=config.device, threads=config.threads)
+
+
+def _labels(spec: str | tuple[str, ...] | None, metadata: dict[str, str]) -> list[str] | None:
+    if isinstance(spec, tuple):
+        return list(spec)
+    if spec is not None:
+        return load_labels(spec)
+    return labels_from_metadata(metadata)

@@ -1,0 +1,98 @@
+"""Result files: PNG overlays and maps, ``.npy`` arrays and JSON records, written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import OutputError
+from .overlay import overlay, saliency_image
+
+__all__ = ["ensure_dir", "write_atomic", "write_explanation"]
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create the output folder, or say why it cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output path {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {path}: {exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {path} is not writable")
+    return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so no reader sees half a file."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _png(image: np.ndarray) -> bytes:
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OutputError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array.astype(np.float32))
+    return buf.getvalue()
+
+
+def write_explanation(
+    out_dir: Path,
+    image: np.ndarray,
+    maps: Sequence[np.ndarray],
+    names: Sequence[Mapping[str, str]],
+    record: Mapping[str, Any],
+    json_name: str,
+    *,
+    alpha: float = 0.5,
+    source: str | None = None,
+) -> dict[str, Path]:
+    """Write, for each map, its overlay over ``image``, its grayscale PNG and its ``.npy``
+    (file names from ``names[i]``: ``overlay``, ``saliency``, ``npy``), then the record.
+
+    Returns:
+        Every written path by ``"json"`` and ``"overlay"``/``"saliency"``/``"npy"``, the
+        latter prefixed ``t{i}_`` when there are several maps.
+
+    Raises:
+        OutputError: a file cannot be written, or one would replace the input image.
+    """
+    ensure_dir(out_dir)
+    prefix = len(maps) > 1
+    paths = {"json": out_dir / json_name}
+    for i, files in enumerate(names):
+        for kind, name in files.items():
+            paths[f"t{i}_{kind}" if prefix else kind] = out_dir / name
+    if source is not None:
+        original = Path(source).resolve()
+        for path in paths.values():
+            if path.resolve() == original:
+                raise OutputError(f"refusing to overwrite the input image {source}")
+    for saliency, files in zip(maps, names, strict=True):
+        write_atomic(out_dir / files["overlay"], _png(overlay(image, saliency, alpha=alpha)))
+        write_atomic(out_dir / files["saliency"], _png(saliency_image(saliency)))
+        write_atomic(out_dir / files["npy"], _npy(saliency))
+    write_atomic(paths["json"], (json.dumps(record, indent=2) + "\n").encode())
+    return paths

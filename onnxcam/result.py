@@ -1,0 +1,201 @@
+"""One image's explanation: a map per target, and the JSON record that describes them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .render import write_explanation
+
+__all__ = ["SCHEMA_VERSION", "Result", "TargetResult", "file_names", "version"]
+
+#: Version of the JSON record's layout; raised whenever a field changes meaning or moves.
+SCHEMA_VERSION = 1
+
+
+def version() -> str:
+    """The installed onnxcam version."""
+    try:
+        return importlib.metadata.version("onnxcam")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def file_names(stem: str, targets: int) -> list[dict[str, str]]:
+    """Per target, the names of its overlay, grayscale map and ``.npy``: ``STEM_overlay.png``
+    for a single target, ``STEM_t{i}_overlay.png`` for target ``i`` of several."""
+    tags = [stem] if targets == 1 else [f"{stem}_t{i}" for i in range(targets)]
+    return [
+        {"overlay": f"{tag}_overlay.png", "saliency": f"{tag}_saliency.png", "npy": f"{tag}.npy"}
+        for tag in tags
+    ]
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """The map of one target.
+
+    Attributes:
+        saliency: float32 (H, W) in [0, 1] at the image's size.
+        saliency_input: the same map at the model's input size, before that last resize.
+        info: what the target says of itself: ``kind``, ``spec``, ``class_index``, ``label``,
+            the clean ``score``, a ``summary`` line, and kind-specific fields.
+    """
+
+    saliency: np.ndarray
+    saliency_input: np.ndarray
+    info: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.info["kind"])
+
+    @property
+    def spec(self) -> str:
+        return str(self.info["spec"])
+
+    @property
+    def class_index(self) -> int | None:
+        return self.info.get("class_index")
+
+    @property
+    def label(self) -> str | None:
+        return self.info.get("label")
+
+    @property
+    def score(self) -> float:
+        return float(self.info["score"])
+
+    def map_stats(self) -> dict[str, Any]:
+        """Mean value, peak position ``[x, y]`` in image pixels, share of pixels at or above
+        half the peak, and whether the map is all zero."""
+        sal = self.saliency
+        y, x = np.unravel_index(int(np.argmax(sal)), sal.shape)
+        return {
+            "mean": float(sal.mean()),
+            "peak": [int(x), int(y)],
+            "area_above_half": float((sal >= 0.5).mean()) if sal.any() else 0.0,
+            "all_zero": not bool(sal.any()),
+        }
+
+
+@dataclass(frozen=True)
+class Result:
+    """One image explained for one or more targets, all from one set of passes.
+
+    The attributes ``saliency``, ``class_index``, ``label``, ``score`` and ``top5`` are the
+    first target's; ``targets`` has them all.
+    """
+
+    image: np.ndarray
+    targets: tuple[TargetResult, ...]
+    model: str
+    node: str
+    tensor: str
+    method: str
+    options: dict[str, Any]
+    stats: dict[str, int]
+    provider: str
+    timings: dict[str, float]
+    source: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def saliency(self) -> np.ndarray:
+        return self.targets[0].saliency
+
+    @property
+    def saliency_input(self) -> np.ndarray:
+        return self.targets[0].saliency_input
+
+    @property
+    def class_index(self) -> int | None:
+        return self.targets[0].class_index
+
+    @property
+    def label(self) -> str | None:
+        return self.targets[0].label
+
+    @property
+    def score(self) -> float:
+        return self.targets[0].score
+
+    @property
+    def top5(self) -> tuple[tuple[int, str | None, float], ...]:
+        rows = self.targets[0].info.get("top5", [])
+        return tuple((r["index"], r["label"], r["score"]) for r in rows)
+
+    @property
+    def channels_total(self) -> int:
+        return self.stats.get("channels_total", 0)
+
+    @property
+    def channels_used(self) -> int:
+        return self.stats.get("channels_used", 0)
+
+    @property
+    def channels_skipped(self) -> int:
+        return self.stats.get("channels_skipped", 0)
+
+    @property
+    def channels_dropped(self) -> int:
+        return self.stats.get("channels_dropped", 0)
+
+    @property
+    def masked_passes(self) -> int:
+        return self.stats.get("masked_passes", 0)
+
+    def to_record(self, *, stem: str | None = None) -> dict[str, Any]:
+        """The JSON record (no arrays); with ``stem``, the names of the files :meth:`save`
+        writes under that stem."""
+        first = self.targets[0]
+        entries = []
+        names = file_names(stem, len(self.targets)) if stem is not None else None
+        for i, target in enumerate(self.targets):
+            entry = {k: v for k, v in target.info.items() if k != "top5"}
+            entry["map"] = target.map_stats()
+            if names is not None:
+                entry["files"] = names[i]
+            entries.append(entry)
+        record: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "source": self.source,
+            "model": self.model,
+            "node": self.node,
+            "tensor": self.tensor,
+            "class_index": first.class_index,
+            "label": first.label,
+            "score": first.score,
+            "top5": first.info.get("top5", []),
+            "method": self.method,
+            "options": self.options,
+            **self.stats,
+            "provider": self.provider,
+            "timings": self.timings,
+            "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],
+            "notes": list(self.notes),
+            "onnxcam_version": version(),
+            "targets": entries,
+        }
+        if names is not None and stem is not None:
+            record["files"] = {"json": f"{stem}.json", **(names[0] if len(names) == 1 else {})}
+        return record
+
+    def save(self, out_dir: str | Path, *, stem: str | None = None, alpha: float = 0.5) -> dict:
+        """Write each target's overlay PNG, grayscale PNG and ``.npy`` map, and the JSON
+        record (see :func:`file_names`); return the written paths."""
+        name = stem or (Path(self.source).stem if self.source else "image")
+        return write_explanation(
+            Path(out_dir),
+            self.image,
+            [t.saliency for t in self.targets],
+            file_names(name, len(self.targets)),
+            self.to_record(stem=name),
+            f"{name}.json",
+            alpha=alpha,
+            source=self.source,
+        )

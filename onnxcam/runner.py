@@ -1,0 +1,203 @@
+"""The one loop that runs the model: jobs in, equal padded batches through the session, values out.
+
+A :class:`Job` is one image's share of the work: ``count`` model inputs, built lazily by the
+job in blocks of any size, and a ``keep`` function that reduces the outputs of some of those
+rows to what the caller needs (the clean outputs of an activation pass, or one score per row
+and target for masked passes). The runner streams the rows of many jobs into batches of one
+size, pads the last one by repeating its final row (a padding row is a real input, so it
+cannot produce NaN where the model would not), runs them, checks the real rows for NaN and
+Inf, and hands each job back exactly its rows. Memory holds one batch of inputs and the kept
+values, never all outputs of all passes.
+
+A job whose rows fail (the model raises, returns NaN, or its ``keep`` raises) does not take the
+others down: the jobs that finished keep their values, and the rest are run again one at a
+time to find the failing one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError, NumericalError, OnnxCamError, OutputError
+from .runtime import Session
+
+__all__ = ["Job", "JobResult", "Runner", "chunk_size", "one_input"]
+
+Values = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image's model inputs and what to keep of their outputs.
+
+    Attributes:
+        count: the number of model inputs (rows).
+        inputs: ``inputs(chunk)`` yields the rows as arrays of at most ``chunk`` rows each,
+            ``count`` rows in all, in the model's input layout and dtype. It is called again
+            when the job is re-run alone, so it must start from the beginning each time.
+        outputs: the model outputs ``keep`` reads.
+        keep: reduces the outputs of consecutive rows (a mapping of name to ``(n, ...)``) to
+            arrays with ``n`` rows each; the runner concatenates them per key.
+    """
+
+    count: int
+    inputs: Callable[[int], Iterator[np.ndarray]]
+    outputs: tuple[str, ...]
+    keep: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The kept values of one job (``count`` rows per key) and where its time went."""
+
+    values: Values
+    build_s: float
+    run_s: float
+
+
+def one_input(x: np.ndarray) -> Callable[[int], Iterator[np.ndarray]]:
+    """The ``inputs`` of a job whose rows are the prepared array ``x``."""
+
+    def inputs(chunk: int) -> Iterator[np.ndarray]:
+        yield x
+
+    return inputs
+
+
+def chunk_size(total: int, batch: int) -> int:
+    """Rows per run: as few runs as ``batch`` allows, of equal size (the last one padded)."""
+    runs = max(1, math.ceil(total / max(1, batch)))
+    return max(1, math.ceil(total / runs))
+
+
+class Runner:
+    """Runs jobs through one session in batches of one shape.
+
+    Args:
+        session: the session (any model whose first input takes the jobs' rows).
+        batch: rows per run at most.
+        fixed: the model's batch dimension when it is fixed; every run then has exactly
+            that many rows.
+    """
+
+    def __init__(self, session: Session, *, batch: int, fixed: int | None = None) -> None:
+        self.session = session
+        self.batch = max(1, fixed or batch)
+        self.fixed = fixed
+
+    def run(self, jobs: Sequence[Job]) -> list[JobResult | OnnxCamError]:
+        """Each job's values, or the error that its rows raised, in job order.
+
+        Raises:
+            ConfigError, OutputError: a mistake that no other image would escape.
+        """
+        outcomes: list[JobResult | OnnxCamError | None] = [None] * len(jobs)
+        try:
+            self._run_shared(jobs, list(range(len(jobs))), outcomes)
+        except (ConfigError, OutputError):
+            raise
+        except OnnxCamError as exc:
+            pending = [i for i, o in enumerate(outcomes) if o is None]
+            if len(pending) == 1:
+                outcomes[pending[0]] = exc
+            else:
+                for i in pending:
+                    try:
+                        self._run_shared(jobs, [i], outcomes)
+                    except (ConfigError, OutputError):
+                        raise
+                    except OnnxCamError as alone:
+                        outcomes[i] = alone
+        return [o for o in outcomes if o is not None]
+
+    def _run_shared(
+        self, jobs: Sequence[Job], which: list[int], outcomes: list[JobResult | OnnxCamError | None]
+    ) -> None:
+        """Run the jobs ``which`` in shared batches; fill ``outcomes`` as each one completes."""
+        total = sum(jobs[i].count for i in which)
+        chunk = self.fixed or chunk_size(total, self.batch)
+        kept: dict[int, dict[str, list[np.ndarray]]] = {i: {} for i in which}
+        build = dict.fromkeys(which, 0.0)
+        spent = dict.fromkeys(which, 0.0)
+        names = sorted({name for i in which for name in jobs[i].outputs})
+
+        def finish(i: int) -> None:
+            values = {k: np.concatenate(v) for k, v in kept.pop(i).items()}
+            outcomes[i] = JobResult(values, build[i], spent[i])
+
+        for i in which:
+            if jobs[i].count == 0:
+                finish(i)
+        for batch, segments in self._batches(
+            jobs, [i for i in which if jobs[i].count], chunk, build
+        ):
+            t0 = time.perf_counter()
+            n = batch.shape[0]
+            if n < chunk:
+                batch = np.concatenate([batch, np.repeat(batch[-1:], chunk - n, axis=0)])
+            out = self.session.run(batch, names)
+            _check_finite(out, n)
+            elapsed = time.perf_counter() - t0
+            start = 0
+            for i, rows, last in segments:
+                part = {name: out[name][start : start + rows] for name in jobs[i].outputs}
+                t1 = time.perf_counter()
+                for key, value in jobs[i].keep(part).items():
+                    kept[i].setdefault(key, []).append(np.asarray(value))
+                spent[i] += elapsed * rows / n + time.perf_counter() - t1
+                start += rows
+                if last:
+                    finish(i)
+
+    @staticmethod
+    def _batches(
+        jobs: Sequence[Job], which: list[int], chunk: int, build: dict[int, float]
+    ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, bool]]]]:
+        """Regroup the jobs' rows into batches of ``chunk`` rows (the last one may be short).
+
+        Yields each batch with its segments ``(job, rows, is the job's last segment)``.
+        """
+        pending: list[np.ndarray] = []
+        segments: list[tuple[int, int, bool]] = []
+        count = 0
+        for i in which:
+            left = jobs[i].count
+            stream = jobs[i].inputs(chunk)
+            while left:
+                t = time.perf_counter()
+                block = next(stream, None)
+                build[i] += time.perf_counter() - t
+                if block is None or len(block) == 0:
+                    raise ValueError(f"job {i} yielded fewer rows than its count")
+                block = block[:left]
+                left -= len(block)
+                while len(block):
+                    take = min(chunk - count, len(block))
+                    pending.append(block[:take])
+                    block = block[take:]
+                    count += take
+                    segments.append((i, take, left == 0 and not len(block)))
+                    if count == chunk:
+                        yield _stack(pending), segments
+                        pending, segments, count = [], [], 0
+        if count:
+            yield _stack(pending), segments
+
+
+def _stack(blocks: list[np.ndarray]) -> np.ndarray:
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def _check_finite(outputs: Mapping[str, np.ndarray], rows: int) -> None:
+    for name, value in outputs.items():
+        real = value[:rows]
+        if np.issubdtype(real.dtype, np.floating) and not np.isfinite(real).all():
+            raise NumericalError(
+                f"model output '{name}' contains NaN or Inf; check the preprocessing "
+                "(--preset/--mean/--std) and that the model is float32-safe"
+            )

@@ -1,0 +1,94 @@
+"""The contract every method keeps, with every target kind: finite maps in [0, 1], the same map
+whatever the batch size, inputs built a bounded chunk at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import SIZE, TinyWeights, build_heads, tiny_weights
+
+from onnxcam import METHODS, Explainer
+from onnxcam.methods import Clean, create
+from onnxcam.methods.scorecam import ScoreCamOptions
+
+HEADS = {"logits": (3, None), "embed": (0, None)}
+TARGETS = [
+    "class:output=logits",
+    "top:2:output=logits",
+    "embedding:output=embed",
+    "index:output=logits:at=1",
+    lambda outputs: outputs["logits"][:, 2] - outputs["logits"][:, 0],
+]
+
+
+@pytest.fixture
+def model(tmp_path, weights):
+    return build_heads(tmp_path / "m.onnx", weights, HEADS)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("target", TARGETS, ids=["class", "top", "embedding", "index", "callable"])
+def test_every_method_with_every_target_is_finite_and_chunk_size_invariant(
+    model, image, method, target
+):
+    maps = []
+    for batch in (1, 3, 64):
+        result = Explainer(model, preset="unit", method=method, batch_size=batch).explain(
+            image, target=target
+        )
+        for t in result.targets:
+            assert t.saliency.shape == image.shape[:2] and t.saliency.dtype == np.float32
+            assert np.isfinite(t.saliency).all()
+            assert t.saliency.min() >= 0.0 and t.saliency.max() <= 1.0
+        maps.append(np.stack([t.saliency for t in result.targets]))
+        assert result.method == method
+    np.testing.assert_array_equal(maps[0], maps[1])
+    np.testing.assert_array_equal(maps[0], maps[2])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_dead_feature_map_gives_a_zero_map_not_nan(tmp_path, image, method):
+    dead = tiny_weights()
+    dead = TinyWeights(dead.conv_w * 0, np.full_like(dead.conv_b, -1.0), dead.fc_w, dead.fc_b)
+    model = build_heads(tmp_path / "dead.onnx", dead, HEADS)
+    result = Explainer(model, preset="unit", method=method).explain(
+        image, target="class:output=logits"
+    )
+    assert np.isfinite(result.saliency).all() and not result.saliency.any()
+    assert any("all zero" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_inputs_are_built_a_bounded_chunk_at_a_time(method):
+    """However many channels, a plan never holds more than one chunk of model inputs."""
+    from onnxcam.preprocess import InputSpec, Normalization
+
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(size=(300, 4, 4)).astype(np.float32)
+    spec = InputSpec("input", "NCHW", SIZE, SIZE, 3, np.dtype(np.float32))
+    x = rng.uniform(size=(1, 3, SIZE, SIZE)).astype(np.float32)
+    clean = Clean(x, np.zeros((SIZE, SIZE, 3), np.uint8), acts, spec, Normalization())
+    baseline = "blur" if method == "scorecam" else "none"
+    plan = create(method, options=ScoreCamOptions(), baseline=baseline).plan(clean)
+    for chunk in (1, 7, 64):
+        blocks = list(plan.inputs(chunk))
+        assert all(len(b) <= chunk for b in blocks)
+        assert sum(len(b) for b in blocks) == plan.count
+
+
+def test_a_method_without_passes_runs_none(model, image):
+    result = Explainer(model, preset="unit", method="activation").explain(
+        image, target=["class:0:output=logits", "class:1:output=logits"]
+    )
+    assert result.masked_passes == 0
+    np.testing.assert_array_equal(result.targets[0].saliency, result.targets[1].saliency)
+    assert any("does not depend on the target" in note for note in result.notes)
+
+
+def test_methods_refuse_options_they_do_not_take(model):
+    from onnxcam import ConfigError
+
+    with pytest.raises(ConfigError, match="takes no Score-CAM options"):
+        Explainer(model, method="activation", compat="grad-cam")
+    with pytest.raises(ConfigError, match="unknown method 'gradcam'; valid: scorecam, activation"):
+        Explainer(model, method="gradcam")
