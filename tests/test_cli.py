@@ -453,3 +453,43 @@ def test_names_from_the_model_cannot_drive_the_terminal(
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output and "\r" not in result.output
     assert "\\x1b[31mevil\\x07" in result.output
+
+
+def test_failing_probe_sessions_print_nothing_from_onnx_runtime(inputs: Path, out: Path) -> None:
+    """Freeing this model's batch breaks a Reshape of a bias (a probe that fails inside ONNX
+    Runtime); ONNX Runtime's own error lines must not reach the terminal."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["b", "bshape"], ["b4"]),
+        helper.make_node("Add", ["c", "b4"], ["cb"]),
+        helper.make_node("Relu", ["cb"], ["feat"]),
+        helper.make_node("GlobalAveragePool", ["feat"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
+        numpy_helper.from_array(np.array([1, 4, 1, 1], np.int64), "bshape"),
+    ]
+    graph = helper.make_graph(
+        nodes, "bias", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(inputs / "bias.onnx"))
+    args = ["explain", inputs / "bias.onnx", inputs / "good.png", "-o", out, "--preset", "unit"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxcam.cli", *map(str, args)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "onnxruntime" not in proc.stderr.lower(), proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        "note: the model's batch dimension is fixed to 1 and could not be freed safely; "
+        "masked passes run 1 at a time"
+    ]
