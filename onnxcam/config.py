@@ -11,7 +11,14 @@ from .methods import METHODS
 from .methods.scorecam import BASELINES, ScoreCamOptions
 from .preprocess import Normalization
 
-__all__ = ["BASELINES", "PRESET_KEY", "ExplainerConfig", "normalization", "validate"]
+__all__ = [
+    "BASELINES",
+    "PRESET_KEY",
+    "ExplainerConfig",
+    "normalization",
+    "preset_name",
+    "validate",
+]
 
 PRESET_KEY = "onnxcam.preset"
 LAYOUTS = ("NCHW", "NHWC")
@@ -71,10 +78,17 @@ def validate(config: ExplainerConfig) -> None:
         raise ConfigError(f"size must be positive, got {config.size}")
 
 
-def normalization(config: ExplainerConfig, metadata: Mapping[str, str]) -> Normalization:
-    """The preset (the config's, else the model's metadata, else ``imagenet``) with the
+def preset_name(config: ExplainerConfig, metadata: Mapping[str, str], default: str) -> str:
+    """The preset in force: the config's, else the model's metadata, else ``default``."""
+    return config.preset or metadata.get(PRESET_KEY) or default
+
+
+def normalization(
+    config: ExplainerConfig, metadata: Mapping[str, str], *, default: str = "imagenet"
+) -> Normalization:
+    """The preset (the config's, else the model's metadata, else ``default``) with the
     config's overrides applied."""
-    name = config.preset or metadata.get(PRESET_KEY, "imagenet")
+    name = preset_name(config, metadata, default)
     if name not in preprocess.PRESETS:
         raise ConfigError(
             f"the model's metadata asks for preset '{name}', which onnxcam does not know; "

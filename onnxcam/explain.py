@@ -17,7 +17,7 @@ import numpy as np
 
 from . import methods, ops, preprocess
 from .config import ExplainerConfig
-from .errors import ConfigError, OnnxCamError
+from .errors import ConfigError, NodeError, OnnxCamError
 from .methods import COMPAT, Clean, Method, Plan, ScoreCamOptions
 from .prepare import Prepared, prepare
 from .result import Result, TargetResult
@@ -254,6 +254,16 @@ class Explainer:
             source, rgb, x, pre_s = item
             values = done.values
             acts = ops.channels_first(values[self.prepared.feature_output][0], layout)
+            if min(acts.shape[1:]) < 2:
+                outcomes.append(
+                    NodeError(
+                        f"node '{self.candidate.label}' gives a {acts.shape[1]}×{acts.shape[2]} "
+                        f"map for an input of {self.spec.height}×{self.spec.width}: no spatial "
+                        "layout to explain; pick an earlier node (see `onnxcam nodes`) or a "
+                        "larger --size"
+                    )
+                )
+                continue
             outputs = {name: values[name] for name in model_outputs}
             outcomes.append(
                 Forward(source, rgb, x, outputs, acts.astype(np.float32), pre_s, done.run_s)

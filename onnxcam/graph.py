@@ -19,17 +19,21 @@ from onnx import numpy_helper
 from .errors import ConfigError, ModelError, NodeError
 
 __all__ = [
+    "AutoChoice",
     "Candidate",
     "GraphIndex",
     "auto_candidate",
+    "auto_choice",
     "expose",
     "expose_float32",
+    "fmt_shape",
     "load_model",
     "make_batch_dynamic",
     "resolve_node",
     "spatial_candidates",
     "to_float16",
     "transpose_perm",
+    "with_input_size",
 ]
 
 Dim = int | str | None
@@ -40,6 +44,13 @@ _FLOAT_TYPES = {
     onnx.TensorProto.DOUBLE,
     onnx.TensorProto.BFLOAT16,
 }
+# Ops that rearrange, retype or rescale the image input without making features.
+_INPUT_PREP_OPS = {
+    "Transpose", "Cast", "Identity", "Mul", "Div", "Add", "Sub", "Reshape", "Pad", "Slice",
+    "Resize", "Clip", "BatchNormalization",
+}  # fmt: skip
+# Local pooling between the last conv block and the head; auto looks through it.
+_LOCAL_POOLS = {"MaxPool", "AveragePool", "LpPool", "Dropout", "Identity"}
 # Ops after which the spatial dimensions are gone: the classifier head starts there.
 _COLLAPSING_OPS = {
     "GlobalAveragePool",
@@ -150,8 +161,10 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
         return None
     dims: list[Dim] = []
     for dim in tensor_type.shape.dim:
-        if dim.HasField("dim_value"):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
             dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_value"):
+            dims.append(None)  # old exporters write a dynamic dimension as -1 (or 0)
         elif dim.HasField("dim_param"):
             dims.append(dim.dim_param)
         else:
@@ -185,6 +198,35 @@ class GraphIndex:
                     self.consumers.setdefault(name, []).append(i)
         self.inputs = [v.name for v in graph.input if v.name not in self.initializers]
         self.outputs = [v.name for v in graph.output]
+        self._from_image: set[str] | None = None
+        self._input_copies: set[str] | None = None
+
+    @property
+    def from_image(self) -> set[str]:
+        """Every tensor computed from the image input (the first graph input)."""
+        if self._from_image is None:
+            found = set(self.inputs[:1])
+            for node in self.nodes:  # graph order is topological
+                if any(name in found for name in node.input):
+                    found.update(name for name in node.output if name)
+            self._from_image = found
+        return self._from_image
+
+    @property
+    def input_copies(self) -> set[str]:
+        """The image input and what only rearranges, retypes or rescales it with constants
+        (a Transpose to NCHW, a Cast, ``x * 1/255 - mean``): not feature maps."""
+        if self._input_copies is None:
+            found = set(self.inputs[:1])
+            for node in self.nodes:
+                if node.op_type not in _INPUT_PREP_OPS or not node.input:
+                    continue
+                data = [name for name in node.input if name in found]
+                others = [n for n in node.input if n and n not in found]
+                if data and all(self.constant(n) is not None for n in others):
+                    found.update(name for name in node.output if name)
+            self._input_copies = found
+        return self._input_copies
 
     def shape(self, tensor: str) -> tuple[Dim, ...] | None:
         value = self.values.get(tensor)
@@ -249,9 +291,10 @@ class GraphIndex:
         return None
 
     def candidate(self, tensor: str) -> Candidate | None:
-        """The tensor as a Candidate when it is a 4-D float map with h, w > 1, else None."""
+        """The tensor as a Candidate when it is a 4-D float map with h, w > 1 computed from
+        the image (not a weight, a constant or a rearranged copy of the input), else None."""
         i = self.producer.get(tensor)
-        if i is None:
+        if i is None or tensor not in self.from_image or tensor in self.input_copies:
             return None
         shape = self.shape(tensor)
         elem = self.elem_type(tensor)
@@ -308,29 +351,64 @@ def _collapses_space(index: GraphIndex, node: onnx.NodeProto) -> bool:
     return out is None and shape is not None and len(shape) == 4
 
 
-def auto_candidate(model: onnx.ModelProto, index: GraphIndex | None = None) -> Candidate:
-    """The map the head pools: the input of the last space-collapsing node before the output.
+@dataclass(frozen=True)
+class AutoChoice:
+    """What ``--node auto`` picks, and why, in words."""
 
-    Falls back to the last spatial map upstream of the first graph output.
+    candidate: Candidate
+    reason: str
+    head: str | None  # the node where the classifier head starts, None without one
+
+
+def auto_choice(index: GraphIndex) -> AutoChoice:
+    """The map the classifier head pools, stepping back through local pooling to the last
+    conv-block activation; without a head, the last spatial map upstream of the outputs.
+
+    The head starts at the last node upstream of an output that collapses a spatial map to
+    a vector (global pooling, a spatial ReduceMean, Flatten or a 2-D Reshape). When that map
+    comes out of a local pooling (conv -> MaxPool -> Flatten, as in VGG), the pooling's input
+    is taken: the same channels at a finer resolution.
 
     Raises:
-        NodeError: the graph has no spatial feature map upstream of its output.
+        NodeError: the graph has no spatial feature map upstream of its outputs.
     """
-    index = index or GraphIndex(model)
-    upstream = index.ancestors(index.outputs[0])
+    upstream = set().union(*(index.ancestors(name) for name in index.outputs))
     for i in sorted(upstream, reverse=True):
         node = index.nodes[i]
-        if _collapses_space(index, node):
-            cand = index.candidate(node.input[0])
-            if cand is not None:
-                return cand
-    candidates = [c for c in spatial_candidates(model, index) if c.index in upstream]
+        if not _collapses_space(index, node):
+            continue
+        tensor = node.input[0]
+        stepped = []
+        while (j := index.producer.get(tensor)) is not None:
+            pool = index.nodes[j]
+            if pool.op_type not in _LOCAL_POOLS or index.candidate(pool.input[0]) is None:
+                break
+            stepped.append(pool)
+            tensor = pool.input[0]
+        cand = index.candidate(tensor)
+        if cand is None:
+            continue
+        head = f"{node.op_type} '{node.name or node.output[0]}'"
+        reason = "the map that the head collapses into a vector"
+        if stepped:
+            pools = " and ".join(f"{p.op_type} '{p.name or p.output[0]}'" for p in stepped)
+            reason = (
+                f"the last conv-block map, before {pools}: the channels the head sees, at a "
+                "finer resolution"
+            )
+        return AutoChoice(cand, reason, head)
+    candidates = [c for c in spatial_candidates(index.model, index) if c.index in upstream]
     if not candidates:
         raise NodeError(
-            "the model has no 4-D spatial feature map (N, C, h, w with h, w > 1) upstream of "
-            f"its output '{index.outputs[0]}'; Score-CAM needs a convolutional feature map"
+            "the model has no 4-D spatial feature map (N, C, h, w with h, w > 1) computed from "
+            "its image input; Score-CAM needs a convolutional feature map"
         )
-    return candidates[-1]
+    return AutoChoice(candidates[-1], "the last spatial map upstream of the outputs", None)
+
+
+def auto_candidate(model: onnx.ModelProto, index: GraphIndex | None = None) -> Candidate:
+    """The candidate of :func:`auto_choice`."""
+    return auto_choice(index or GraphIndex(model)).candidate
 
 
 def resolve_node(model: onnx.ModelProto, spec: str, index: GraphIndex | None = None) -> Candidate:
@@ -366,18 +444,21 @@ def resolve_node(model: onnx.ModelProto, spec: str, index: GraphIndex | None = N
             return cand
     tensor = tensors[0] if tensors else spec
     shape = index.shape(tensor)
-    described = "unknown shape" if shape is None else f"shape {_fmt_shape(shape)}"
+    described = "unknown shape" if shape is None else f"shape {fmt_shape(shape)}"
     nearest = _nearest(index, index.producer.get(tensor, 0))
     hint = (
         f"nearest spatial map: '{nearest.label}' (tensor '{nearest.tensor}', shape "
-        f"{_fmt_shape(nearest.shape)})"
+        f"{fmt_shape(nearest.shape)})"
         if nearest
         else "the model has no spatial map"
     )
-    raise NodeError(
-        f"'{spec}' outputs '{tensor}' with {described}, not a spatial feature map "
-        f"(4-D with height and width > 1); {hint}"
-    )
+    if tensor not in index.from_image:
+        what = "does not depend on the image input (a weight or a constant)"
+    elif tensor in index.input_copies:
+        what = "is the image input itself, rearranged or rescaled, not a feature map"
+    else:
+        what = f"has {described}, not a spatial feature map (4-D with height and width > 1)"
+    raise NodeError(f"'{spec}' outputs '{tensor}', which {what}; {hint}")
 
 
 def _nearest(index: GraphIndex, position: int) -> Candidate | None:
@@ -388,8 +469,13 @@ def _nearest(index: GraphIndex, position: int) -> Candidate | None:
     return before[-1] if before else candidates[0]
 
 
-def _fmt_shape(shape: Iterable[Dim]) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+def fmt_shape(shape: Iterable[Dim]) -> str:
+    """A shape for people: ints as they are, the batch as ``N``, anything unknown or symbolic
+    (exporters' names can be hundreds of characters long) as ``?``."""
+    parts = [
+        str(d) if isinstance(d, int) else ("N" if i == 0 else "?") for i, d in enumerate(shape)
+    ]
+    return "(" + ", ".join(parts) + ")"
 
 
 def _subgraph_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
@@ -445,13 +531,32 @@ def expose_float32(model: onnx.ModelProto, tensor: str) -> tuple[onnx.ModelProto
     return out, name
 
 
+def with_input_size(
+    model: onnx.ModelProto, name: str, dims: tuple[int, int, int, int]
+) -> onnx.ModelProto:
+    """A copy whose input ``name`` has the given (batch, ...) dims except the batch, which
+    stays as it was; intermediate shapes are dropped so inference recomputes them."""
+    out = _copy(model)
+    for value in out.graph.input:
+        if value.name != name:
+            continue
+        for position, dim in enumerate(value.type.tensor_type.shape.dim):
+            if position > 0:
+                dim.Clear()
+                dim.dim_value = dims[position]
+    del out.graph.value_info[:]
+    return out
+
+
 def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     """A copy whose batch dimension is symbolic, and whether anything had to change.
 
     Fixed leading dims of inputs and outputs become ``batch``; stale ``value_info`` is
     dropped; Reshape shape constants that start with a literal batch ``1`` get ``0``
-    (copy that dimension) when ``allowzero`` is 0. The result is a hypothesis: callers
-    must prove it numerically (a batch of two against two single runs) before using it.
+    (copy that dimension) when ``allowzero`` is 0 and the Reshape's data is computed from the
+    image input (a constant, such as a bias reshaped to ``[1, C, 1, 1]``, has no batch to
+    copy). The result is a hypothesis: callers must prove it numerically (a batch of two
+    against two single runs) before using it.
     """
     out = _copy(model)
     graph = out.graph
@@ -476,6 +581,8 @@ def make_batch_dynamic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
         target = index.constant(node.input[1])
         if target is None or target.ndim != 1 or target.size < 2 or target[0] != 1:
             continue
+        if node.input[0] not in index.from_image:
+            continue  # e.g. a bias (C,) reshaped to [1, C, 1, 1]: it has no batch to copy
         fixed = target.copy()
         fixed[0] = 0
         name = f"{node.input[1]}__onnxcam_batch{k}"

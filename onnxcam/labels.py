@@ -12,7 +12,7 @@ from .errors import ConfigError
 __all__ = ["METADATA_KEYS", "labels_from_metadata", "load_labels", "parse_labels"]
 
 # Keys exporters use for class names; the first present one wins.
-METADATA_KEYS = ("labels", "classes", "class_names", "names")
+METADATA_KEYS = ("labels", "classes", "class_names", "names", "character")
 
 
 def parse_labels(text: str) -> list[str] | None:

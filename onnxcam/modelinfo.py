@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 
 import numpy as np
@@ -19,7 +20,9 @@ __all__ = [
     "batch_consistent",
     "default_batch",
     "guess_layout",
+    "in_graph_scaling",
     "input_spec",
+    "metadata_size",
     "output_activation",
 ]
 
@@ -31,17 +34,38 @@ ACTIVATION_BUDGET = 256 * 2**20  # bytes of intermediate tensors per run
 
 
 def input_spec(
-    index: graph.GraphIndex, *, layout: str | None = None, size: tuple[int, int] | None = None
+    index: graph.GraphIndex,
+    *,
+    layout: str | None = None,
+    size: tuple[int, int] | None = None,
+    default_size: tuple[int, int] | None = None,
 ) -> InputSpec:
     """What the model's first input wants: layout, size, channels, dtype.
 
+    Args:
+        index: the model.
+        layout: ``NCHW`` or ``NHWC`` instead of the guess.
+        size: (height, width) instead of the model's own.
+        default_size: (height, width) when the model's own size is dynamic (e.g. from its
+            metadata).
+
     Raises:
-        ModelError: the input is not a rank-4 numeric image tensor of 1 or 3 channels.
-        ConfigError: the size is dynamic and ``size`` was not given.
+        ModelError: the input is not a rank-4 numeric image tensor of 1 or 3 channels, or
+            the model has other inputs that nothing feeds.
+        ConfigError: the size is dynamic and neither ``size`` nor ``default_size`` was given.
     """
     if not index.inputs:
         raise ModelError("the model has no graph input")
     name = index.inputs[0]
+    if len(index.inputs) > 1:
+        others = ", ".join(
+            f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.inputs[1:]
+        )
+        raise ModelError(
+            f"the model has inputs besides the image input '{name}' that nothing would feed: "
+            f"{others}; re-export it with those values stored in the graph (as initializers or "
+            "constants, e.g. tf2onnx or torch.onnx with constant folding)"
+        )
     shape = index.shape(name)
     elem = index.elem_type(name)
     if shape is None or len(shape) != 4 or elem is None:
@@ -64,12 +88,63 @@ def input_spec(
         height, width = size
     elif isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
         height, width = h, w
+    elif default_size is not None:
+        height, width = default_size
     else:
         raise ConfigError(
-            f"model input '{name}' has a dynamic size {shape}; pass --size HEIGHT WIDTH "
-            "(e.g. --size 224 224)"
+            f"model input '{name}' has a dynamic size {graph.fmt_shape(shape)}; pass "
+            "--size HxW (e.g. --size 224x224; API: size=(224, 224))"
         )
     return InputSpec(name, layout, height, width, channels, dtype)
+
+
+def metadata_size(metadata: dict[str, str]) -> tuple[int, int] | None:
+    """The input size a model's metadata states: Ultralytics ``imgsz`` (``[640, 640]`` or
+    ``640``), read as a literal, never evaluated."""
+    text = metadata.get("imgsz")
+    if text is None:
+        return None
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if isinstance(value, int):
+        value = [value, value]
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and 0 < v <= 16384 for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def in_graph_scaling(index: graph.GraphIndex) -> str | None:
+    """How the graph rescales raw pixels itself, e.g. ``Mul by 0.003922``, or None.
+
+    Keras ``Rescaling`` layers and many exports start with ``x * (1/255)`` or ``x / 255``
+    (or ``/ 127.5``) on the input; such a model wants pixels in 0..255.
+    """
+    for node in index.nodes:
+        data = [name for name in node.input if name in index.input_copies]
+        if (
+            node.op_type not in ("Mul", "Div")
+            or not data
+            or node.output[0] not in index.input_copies
+        ):
+            continue
+        other = next((n for n in node.input if n and n not in index.input_copies), None)
+        value = index.constant(other) if other else None
+        if value is None or value.size == 0 or not np.all(np.isfinite(value)):
+            continue
+        scale = value.astype(np.float64).reshape(-1)
+        if node.op_type == "Div":
+            scale = 1.0 / scale
+        if np.all((scale > 0) & (scale <= 1 / 127.0 + 1e-6)):
+            shown = ", ".join(f"{v:.6g}" for v in np.unique(np.round(scale, 6))[:3])
+            where = f"{node.op_type} '{node.name or node.output[0]}'"
+            return f"it multiplies its input by {shown} ({where})"
+    return None
 
 
 def guess_layout(index: graph.GraphIndex, name: str, shape: tuple[graph.Dim, ...]) -> str:

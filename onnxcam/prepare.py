@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import onnx
 
 from . import graph, modelinfo
-from .config import ExplainerConfig, normalization, validate
+from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
 from .errors import ModelError
 from .labels import labels_from_metadata, load_labels
 from .preprocess import InputSpec, Normalization
@@ -66,9 +66,15 @@ def prepare(config: ExplainerConfig) -> Prepared:
     model = graph.load_model(config.model)
     index = graph.GraphIndex(model)
     metadata = {p.key: p.value for p in model.metadata_props}
-    norm = normalization(config, metadata)
-    spec = modelinfo.input_spec(index, layout=config.layout, size=config.size)
-    candidate = graph.resolve_node(model, config.node, index)
+    spec = modelinfo.input_spec(
+        index,
+        layout=config.layout,
+        size=config.size,
+        default_size=modelinfo.metadata_size(metadata),
+    )
+    norm = _normalization(config, metadata, index, notes)
+    sized = _sized(model, index, spec)
+    candidate = graph.resolve_node(sized.model, config.node, sized)
     outputs = tuple(
         OutputInfo(name, index.shape(name), modelinfo.output_activation(index, name))
         for name in index.outputs
@@ -86,6 +92,36 @@ def prepare(config: ExplainerConfig) -> Prepared:
         metadata, norm, spec, candidate, feature_output, outputs, session, fixed,
         default_batch, labels, tuple(notes),
     )  # fmt: skip
+
+
+def _normalization(
+    config: ExplainerConfig, metadata: dict[str, str], index: graph.GraphIndex, notes: list[str]
+) -> Normalization:
+    """The preset, defaulting to ``raw`` when the graph rescales pixels itself."""
+    scaling = modelinfo.in_graph_scaling(index)
+    if scaling is None:
+        return normalization(config, metadata)
+    chosen = preset_name(config, metadata, "raw")
+    if chosen == "raw" and config.preset is None and PRESET_KEY not in metadata:
+        notes.append(f"the model rescales pixels itself ({scaling}): using preset raw (0..255)")
+    elif chosen not in ("raw", "caffe"):
+        notes.append(
+            f"the model rescales pixels itself ({scaling}), and preset {chosen} rescales them "
+            "too: the input is normalised twice unless that is what the model expects"
+        )
+    return normalization(config, metadata, default="raw")
+
+
+def _sized(model: onnx.ModelProto, index: graph.GraphIndex, spec: InputSpec) -> graph.GraphIndex:
+    """The graph with shapes inferred for the input size in use, so every map has its real
+    height and width (a dynamic size hides maps that are 1 pixel high)."""
+    shape = index.shape(spec.name) or ()
+    dims = (1, spec.channels, spec.height, spec.width)
+    if spec.layout == "NHWC":
+        dims = (1, spec.height, spec.width, spec.channels)
+    if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) and shape[1:] == dims[1:]:
+        return index
+    return graph.GraphIndex(graph.with_input_size(model, spec.name, dims))
 
 
 def _open_session(

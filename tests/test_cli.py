@@ -273,13 +273,15 @@ def test_folder_run_skips_the_bad_image_and_explains_the_rest(
 def test_nodes_lists_the_spatial_maps_and_marks_auto(inputs: Path) -> None:
     result = invoke("nodes", inputs / "model.onnx")
     assert result.exit_code == 0, result.output
-    table = [line for line in result.output.splitlines() if line.rstrip().endswith("NCHW")]
+    table = [line for line in result.output.splitlines()[3:] if line.rstrip().endswith(" NCHW")]
     rows = {line.lstrip("* ").split()[0]: line for line in table}
     assert set(rows) == {"features/conv", "features/relu"}
-    assert rows["features/relu"].startswith("*") and " feat " in rows["features/relu"]
+    assert rows["features/relu"].startswith("*") and "(N, 5, 8, 8)" in rows["features/relu"]
     assert not rows["features/conv"].startswith("*")
-    assert "head/gap" not in result.output and "head/fc" not in result.output
-    assert "auto picks 'feat'" in result.output
+    assert "head/gap" not in table and "head/fc" not in result.output
+    assert "input 'input' (N, 3, 16, 16) NCHW" in result.output
+    assert "model: a classifier; its head starts at GlobalAveragePool 'head/gap'" in result.output
+    assert "auto picks 'features/relu': the map that the head collapses" in result.output
 
 
 def test_explain_one_image_writes_four_files_and_a_full_record(
@@ -456,33 +458,32 @@ def test_names_from_the_model_cannot_drive_the_terminal(
 
 
 def test_failing_probe_sessions_print_nothing_from_onnx_runtime(inputs: Path, out: Path) -> None:
-    """Freeing this model's batch breaks a Reshape of a bias (a probe that fails inside ONNX
-    Runtime); ONNX Runtime's own error lines must not reach the terminal."""
+    """This model concatenates constant coordinate channels of batch 1 to its input, so a
+    batch of two fails inside ONNX Runtime when onnxcam probes a freed batch; ONNX Runtime's
+    own error lines must not reach the terminal."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     nodes = [
-        helper.make_node("Conv", ["input", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        helper.make_node("Reshape", ["b", "bshape"], ["b4"]),
-        helper.make_node("Add", ["c", "b4"], ["cb"]),
-        helper.make_node("Relu", ["cb"], ["feat"]),
+        helper.make_node("Concat", ["input", "coords"], ["xy"], axis=1),
+        helper.make_node("Conv", ["xy", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["feat"]),
         helper.make_node("GlobalAveragePool", ["feat"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["logits"]),
     ]
     inits = [
-        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(1, 2, 16, 16)).astype(np.float32), "coords"),
+        numpy_helper.from_array(rng.normal(size=(4, 5, 3, 3)).astype(np.float32), "w"),
         numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
-        numpy_helper.from_array(np.array([1, 4, 1, 1], np.int64), "bshape"),
     ]
-    graph = helper.make_graph(
-        nodes, "bias", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], inits,
-    )  # fmt: skip
+    image_in = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])]
+    logits = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])]
+    graph = helper.make_graph(nodes, "coords", image_in, logits, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(inputs / "bias.onnx"))
-    args = ["explain", inputs / "bias.onnx", inputs / "good.png", "-o", out, "--preset", "unit"]
+    onnx.save(model, str(inputs / "coords.onnx"))
+    args = ["explain", inputs / "coords.onnx", inputs / "good.png", "-o", out, "--preset", "unit"]
     proc = subprocess.run(
         [sys.executable, "-m", "onnxcam.cli", *map(str, args)],
         capture_output=True, text=True, timeout=60, check=False,

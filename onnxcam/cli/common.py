@@ -94,6 +94,10 @@ def stems(images: list[Path]) -> list[str]:
     return names
 
 
+size_option = click.option(
+    "--size", callback=_size, help="Input size HxW (224 or 224x320) when the model's is dynamic."
+)
+
 TARGET_HELP = (
     "What to explain (repeatable): a class number, or KIND[:VALUE][:key=value...] with KIND "
     "class, top, embedding or index, e.g. top:5, embedding:ref=b.jpg (default: the top class)."
@@ -109,7 +113,7 @@ _EXPLAINER_OPTIONS = [
     click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
     click.option("--scale", type=float, help="Pixel (0..255) multiplier applied before mean/std."),
     click.option("--bgr/--rgb", default=None, help="Colour order the model expects."),
-    click.option("--size", callback=_size, help="Input size HxW when the model's is dynamic."),
+    size_option,
     click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
                  help="Override layout detection."),
     click.option("--target", "target_specs", multiple=True, metavar="SPEC", help=TARGET_HELP),
@@ -189,7 +193,7 @@ def image_files(images: tuple[Path, ...]) -> list[Path]:
 
 
 def report_error(exc: OnnxCamError, after_bar: bool) -> None:
-    echo(f"\nerror: {exc}" if after_bar else f"error: {exc}", err=True)
+    echo(f"\nError: {exc}" if after_bar else f"Error: {exc}", err=True)
 
 
 def finish(failures: int, total: int) -> None:

@@ -1,43 +1,72 @@
-"""``onnxcam nodes``: the feature maps a model offers, and which one ``auto`` picks."""
+"""``onnxcam nodes``: the feature maps a model offers, and which one ``auto`` picks and why."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
 
-from .. import graph
-from ..errors import OnnxCamError
-from .common import echo, safe
+from .. import graph, modelinfo
+from ..errors import ConfigError, OnnxCamError
+from .common import echo, safe, size_option
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-def nodes(model: Path) -> None:
-    """List the nodes whose output can be explained; `*` marks what --node auto picks."""
+@size_option
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Override layout detection.")
+def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None:
+    """List the feature maps that can be explained; `*` marks what --node auto picks.
+
+    Shapes are those for the model's input size (or --size); `?` is a size only known when an
+    image runs, N the batch.
+    """
     proto = graph.load_model(model)
     index = graph.GraphIndex(proto)
-    candidates = graph.spatial_candidates(proto, index)
-    if not candidates:
-        raise click.ClickException(safe(f"{model} has no 4-D spatial feature map to explain"))
+    metadata = {p.key: p.value for p in proto.metadata_props}
     try:
-        chosen = graph.auto_candidate(proto, index).tensor
+        spec = modelinfo.input_spec(
+            index, layout=layout, size=size, default_size=modelinfo.metadata_size(metadata)
+        )
+        dims = (1, spec.channels, spec.height, spec.width)
+        if spec.layout == "NHWC":
+            dims = (1, spec.height, spec.width, spec.channels)
+        index = graph.GraphIndex(graph.with_input_size(proto, spec.name, dims))
+        echo(f"input '{spec.name}' {graph.fmt_shape(index.shape(spec.name) or ())} {spec.layout}")
+    except ConfigError:
+        echo(f"input '{index.inputs[0]}' {graph.fmt_shape(index.shape(index.inputs[0]) or ())} "
+             "(size known only with --size)")  # fmt: skip
+    outputs = ", ".join(f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs)
+    echo(f"outputs {outputs}")
+    candidates = graph.spatial_candidates(index.model, index)
+    if not candidates:
+        raise click.ClickException(
+            safe(f"{model} has no 4-D spatial feature map computed from its image input")
+        )
+    try:
+        choice: graph.AutoChoice | None = graph.auto_choice(index)
     except OnnxCamError:
-        chosen = None
+        choice = None
+    owners = Counter(c.node for c in candidates)
     rows = [
         (
-            "*" if c.tensor == chosen else "",
-            safe(c.label),
+            "*" if choice and c.tensor == choice.candidate.tensor else "",
+            safe(c.node if c.node and owners[c.node] == 1 else c.tensor),
             safe(c.op_type),
-            safe(c.tensor),
-            "(" + ", ".join("?" if d is None else safe(d) for d in c.shape) + ")",
+            graph.fmt_shape(c.shape),
             c.layout,
         )
         for c in candidates
     ]
-    header = ("", "node", "op", "output tensor", "shape", "layout")
+    header = ("", "node (or tensor)", "op", "shape", "layout")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    click.echo("")
     for row in [header, *rows]:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    if chosen:
-        echo(f"\n* auto picks '{chosen}' (the map the classifier head pools)")
+    if choice is not None:
+        if choice.head:
+            echo(f"\nmodel: a classifier; its head starts at {choice.head}")
+        else:
+            echo("\nmodel: no classifier head (no node collapses a spatial map into a vector)")
+        echo(f"* auto picks '{choice.candidate.label}': {choice.reason}")

@@ -1,0 +1,241 @@
+"""Patterns that real exporters (tf2onnx, Keras 3, paddle2onnx, torch) write, each rebuilt as a
+tiny onnx.helper model: the batch, weights and input copies, in-graph normalisation, extra
+inputs, VGG-like heads, dynamic sizes and metadata conventions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import SIZE, build_tiny
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcam import ConfigError, Explainer, ModelError, NodeError, graph
+from onnxcam.cli import cli
+
+RNG = np.random.default_rng(7)
+
+
+def w(*shape: int, scale: float = 0.5) -> np.ndarray:
+    return RNG.normal(0, scale, shape).astype(np.float32)
+
+
+def save(
+    path: Path,
+    nodes: list,
+    inits: dict[str, np.ndarray],
+    *,
+    inputs: list | None = None,
+    outputs: list | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    inputs = inputs or [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])
+    ]
+    outputs = outputs or [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])]
+    graph_ = helper.make_graph(
+        nodes, "pattern", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    )
+    model = helper.make_model(graph_, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def conv_head(src: str = "input", channels: int = 3, k: int = 6) -> tuple[list, dict]:
+    """conv 3x3 stride 2 -> ReLU ('feat', k x 8 x 8) -> GAP -> Flatten -> Gemm (4 classes)."""
+    nodes = [
+        helper.make_node("Conv", [src, "cw", "cb"], ["conv"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["conv"], ["feat"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["feat"], ["pooled"], name="gap"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"], transB=1, name="fc"),
+    ]  # fmt: skip
+    return nodes, {"cw": w(k, channels, 3, 3), "cb": w(k, scale=0.1), "fw": w(4, k), "fb": w(4)}
+
+
+def image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (SIZE, SIZE, 3), np.uint8)
+
+
+# ----------------------------------------------------------------------------- the batch
+
+
+def test_a_bias_reshaped_to_batch_one_does_not_stop_freeing_the_batch(tmp_path):
+    """paddle2onnx writes Reshape(bias (C,), [1, C, 1, 1]) + Add after each conv. Freeing the
+    batch must leave that Reshape alone (its data has no batch), or ONNX Runtime refuses."""
+    nodes, inits = conv_head()
+    nodes[0] = helper.make_node("Conv", ["input", "cw"], ["raw"], kernel_shape=[3, 3],
+                                strides=[2, 2], pads=[1, 1, 1, 1], name="conv")  # fmt: skip
+    nodes[1:1] = [
+        helper.make_node("Reshape", ["cb", "bshape"], ["b4"], name="bias_reshape"),
+        helper.make_node("Add", ["raw", "b4"], ["conv"], name="bias_add"),
+    ]
+    inits["bshape"] = np.array([1, 6, 1, 1], np.int64)
+    fixed = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, SIZE, SIZE])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])
+    path = save(tmp_path / "paddle.onnx", nodes, inits, inputs=[fixed], outputs=[out])
+    explainer = Explainer(path, preset="unit")
+    assert explainer.max_batch is None and explainer.notes == []
+    one = Explainer(path, preset="unit", batch_size=1).explain(image()).saliency
+    np.testing.assert_allclose(explainer.explain(image()).saliency, one, atol=1e-6)
+
+
+def test_a_dynamic_batch_written_as_minus_one_is_not_a_fixed_batch(tmp_path):
+    nodes, inits = conv_head()
+    dyn = helper.make_tensor_value_info("input", TensorProto.FLOAT, [-1, 3, SIZE, SIZE])
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [-1, 4])
+    path = save(tmp_path / "old_paddle.onnx", nodes, inits, inputs=[dyn], outputs=[out])
+    explainer = Explainer(path, preset="unit")
+    assert explainer.max_batch is None and not any("-1" in n for n in explainer.notes)
+    assert explainer.explain(image()).saliency.max() > 0
+    assert "(N, 3, 16, 16)" in CliRunner().invoke(cli, ["nodes", str(path)]).output
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def test_weights_constants_and_input_copies_are_not_feature_maps(tmp_path):
+    """tf2onnx: an NHWC input transposed to NCHW and rescaled; conv weights from a Constant
+    node (a 4-D tensor with h, w > 1 that does not depend on the image)."""
+    nodes, inits = conv_head(src="scaled")
+    weights = inits.pop("cw")
+    nodes[:0] = [
+        helper.make_node("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
+        helper.make_node("Mul", ["nchw", "s"], ["scaled"], name="rescale"),
+        helper.make_node(
+            "Constant", [], ["cw"], value=numpy_helper.from_array(weights), name="weights"
+        ),
+    ]
+    inits["s"] = np.array(1 / 255, np.float32)
+    nhwc = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", SIZE, SIZE, 3])
+    path = save(tmp_path / "tf.onnx", nodes, inits, inputs=[nhwc])
+    model = graph.load_model(path)
+    assert [c.tensor for c in graph.spatial_candidates(model)] == ["conv", "feat"]
+    for name, phrase in [
+        ("weights", "does not depend on the image input"),
+        ("to_nchw", "is the image input itself"),
+    ]:
+        with pytest.raises(NodeError, match=phrase):
+            graph.resolve_node(model, name)
+    listing = CliRunner().invoke(cli, ["nodes", str(path)]).output
+    assert "weights" not in listing and "to_nchw" not in listing and "NHWC" in listing
+
+
+def test_auto_looks_through_local_pooling_to_the_last_conv_block(tmp_path):
+    """conv -> ReLU -> MaxPool -> Flatten -> Gemm (VGG, small Keras heads): the ReLU's map,
+    not the pooled one."""
+    nodes = [
+        helper.make_node("Conv", ["input", "cw", "cb"], ["conv"], kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1], name="block5_conv3"),
+        helper.make_node("Relu", ["conv"], ["feat"], name="block5_relu"),
+        helper.make_node("MaxPool", ["feat"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2],
+                         name="block5_pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fw", "fb"], ["logits"], transB=1, name="fc"),
+    ]  # fmt: skip
+    inits = {"cw": w(5, 3, 3, 3), "cb": w(5), "fw": w(4, 5 * 8 * 8, scale=0.05), "fb": w(4)}
+    path = save(tmp_path / "vgg.onnx", nodes, inits)
+    choice = graph.auto_choice(graph.GraphIndex(graph.load_model(path)))
+    assert choice.candidate.tensor == "feat" and "block5_pool" in choice.reason
+    assert choice.head == "Flatten 'flatten'"
+    output = CliRunner().invoke(cli, ["nodes", str(path)]).output
+    assert (
+        "auto picks 'block5_relu': the last conv-block map, before MaxPool 'block5_pool'" in output
+    )
+
+
+def test_nodes_does_not_call_a_model_without_head_a_classifier(tmp_path):
+    nodes = [
+        helper.make_node("Conv", ["input", "cw", "cb"], ["conv"], kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1], name="seg_conv"),
+        helper.make_node("Sigmoid", ["conv"], ["mask"], name="seg_sigmoid"),
+    ]  # fmt: skip
+    out = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 2, SIZE, SIZE])
+    path = save(tmp_path / "seg.onnx", nodes, {"cw": w(2, 3, 3, 3), "cb": w(2)}, outputs=[out])
+    output = CliRunner().invoke(cli, ["nodes", str(path)]).output
+    assert "classifier" not in output.replace("no classifier head", "")
+    assert "no classifier head" in output
+
+
+def test_a_map_one_pixel_high_at_the_size_in_use_is_not_offered(tmp_path):
+    """With a dynamic input size, a map's height is only known for a given size: with
+    --size 16x2 the stride-2 conv gives 8x1, which auto must not pick."""
+    nodes, inits = conv_head()
+    nodes[1:1] = []
+    dyn = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    path = save(tmp_path / "dyn.onnx", nodes, inits, inputs=[dyn])
+    assert Explainer(path, preset="unit", size=(16, 16)).candidate.tensor == "feat"
+    with pytest.raises(NodeError, match="no 4-D spatial feature map"):
+        Explainer(path, preset="unit", size=(16, 2))
+    listing = CliRunner().invoke(cli, ["nodes", str(path), "--size", "16x24"]).output
+    assert "(N, 6, 8, 12)" in listing
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def test_normalisation_inside_the_graph_defaults_to_raw_pixels(tmp_path, weights):
+    """Keras Rescaling(1/255) + Normalization: x * 1/255 - mean, / std, before the convs."""
+    nodes, inits = conv_head(src="normed")
+    nodes[:0] = [
+        helper.make_node("Mul", ["input", "scale"], ["unit"], name="rescaling"),
+        helper.make_node("Sub", ["unit", "mean"], ["centred"], name="normalization_sub"),
+        helper.make_node("Div", ["centred", "std"], ["normed"], name="normalization_div"),
+    ]
+    inits |= {
+        "scale": np.array(1 / 255, np.float32),
+        "mean": np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1),
+        "std": np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1),
+    }
+    path = save(tmp_path / "keras.onnx", nodes, inits)
+    explainer = Explainer(path)
+    assert explainer.norm.scale == 1.0 and explainer.norm.mean == (0.0, 0.0, 0.0)
+    assert any("rescales pixels itself" in n and "preset raw" in n for n in explainer.notes)
+    record = explainer.explain(image()).to_record()
+    assert record["options"]["preprocess"]["scale"] == 1.0
+    assert any("preset raw" in n for n in record["notes"])
+    twice = Explainer(path, preset="imagenet")
+    assert any("normalised twice" in n for n in twice.notes)
+    plain = build_tiny(tmp_path / "plain.onnx", weights)
+    assert Explainer(plain).norm.mean == (0.485, 0.456, 0.406)  # no rescaling: imagenet
+
+
+def test_extra_graph_inputs_that_nothing_feeds_are_named(tmp_path):
+    """Keras 3 export can leave normalisation constants as graph inputs."""
+    nodes, inits = conv_head(src="centred")
+    nodes[:0] = [helper.make_node("Sub", ["input", "mean"], ["centred"], name="sub")]
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE]),
+        helper.make_tensor_value_info("mean", TensorProto.FLOAT, [1, 3, 1, 1]),
+    ]
+    path = save(tmp_path / "leaky.onnx", nodes, inits, inputs=inputs)
+    with pytest.raises(ModelError, match=r"besides the image input 'input'.*'mean' \(1, 3, 1, 1\)"):
+        Explainer(path)
+    inits["mean"] = np.zeros((1, 3, 1, 1), np.float32)  # with an initializer it is a constant
+    fed = save(tmp_path / "fed.onnx", nodes, inits, inputs=inputs)
+    assert Explainer(fed, preset="unit").explain(image()).saliency.shape == (SIZE, SIZE)
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def test_metadata_conventions_labels_under_character_and_ultralytics_imgsz(tmp_path):
+    nodes, inits = conv_head()
+    dyn = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    meta = {"character": "0\n90\n180\n270", "imgsz": "[24, 32]"}
+    path = save(tmp_path / "meta.onnx", nodes, inits, inputs=[dyn], metadata=meta)
+    explainer = Explainer(path, preset="unit")
+    assert (explainer.spec.height, explainer.spec.width) == (24, 32)
+    assert explainer.labels == ["0", "90", "180", "270"]
+    for bad in ("__import__('os')", "[0, 640]", "[1e9, 3]"):
+        path = save(tmp_path / "bad.onnx", nodes, inits, inputs=[dyn], metadata={"imgsz": bad})
+        with pytest.raises(ConfigError, match=r"--size HxW \(e.g. --size 224x224"):
+            Explainer(path, preset="unit")
