@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import preprocess
 from .errors import ConfigError
 from .methods import METHODS
 from .methods.scorecam import BASELINES, ScoreCamOptions
 from .preprocess import Normalization
+from .runtime import ProviderSpec
 
 __all__ = [
     "BASELINES",
     "PRESET_KEY",
     "ExplainerConfig",
+    "model_name",
     "normalization",
     "preset_name",
     "validate",
@@ -31,7 +35,7 @@ class ExplainerConfig:
     See :class:`onnxcam.Explainer` for the meaning of each field.
     """
 
-    model: str
+    model: str | bytes
     node: str = "auto"
     preset: str | None = None
     mean: tuple[float, ...] | None = None
@@ -49,6 +53,16 @@ class ExplainerConfig:
     options: ScoreCamOptions = field(default_factory=ScoreCamOptions)
     fp16: bool = False
     method: str = "scorecam"
+    providers: tuple[ProviderSpec, ...] | None = None
+    session_options: dict[str, Any] | None = None
+    budget_s: float | None = None
+
+
+def model_name(model: str | bytes) -> str:
+    """How the record names a model: its path, or ``sha256:...`` of the bytes it came as."""
+    if isinstance(model, bytes):
+        return "sha256:" + hashlib.sha256(model).hexdigest()
+    return model
 
 
 def validate(config: ExplainerConfig) -> None:
@@ -76,6 +90,10 @@ def validate(config: ExplainerConfig) -> None:
         raise ConfigError("std values must be non-zero")
     if config.size is not None and min(config.size) < 1:
         raise ConfigError(f"size must be positive, got {config.size}")
+    if config.budget_s is not None and not config.budget_s > 0:
+        raise ConfigError(f"the time budget must be positive seconds, got {config.budget_s}")
+    if config.providers is not None and config.device != "auto":
+        raise ConfigError("pass either a device or a list of execution providers, not both")
 
 
 def preset_name(config: ExplainerConfig, metadata: Mapping[str, str], default: str) -> str:

@@ -87,7 +87,7 @@ def _method_map(explainer: Explainer, method: Method, fwd: Forward, target: Targ
     plan = method.plan(clean)
     scores = explainer.score([target], plan.count, plan.inputs)[:, 0]
     clean_score = float(checked_scores(target, fwd.outputs, 1)[0])
-    return method.combine(clean, plan, scores, clean_score)
+    return method.combine(clean, plan, scores, clean_score).map
 
 
 def evaluate(

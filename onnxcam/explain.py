@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
-from . import methods, ops, preprocess
-from .config import ExplainerConfig
+from . import methods, modelinfo, ops, preprocess
+from .config import ExplainerConfig, model_name
 from .errors import ConfigError, NodeError, OnnxCamError
 from .methods import COMPAT, Clean, Method, Plan, ScoreCamOptions
 from .prepare import Prepared, prepare
 from .result import Result, TargetResult
 from .runner import Job, JobResult, Runner, one_input
+from .runtime import ProviderSpec, session_settings
 from .targets import BindContext, Target, TargetLike, checked_scores, resolve_targets
 from .targets.base import TargetSpec
 
@@ -36,20 +38,44 @@ class Forward:
 
     Attributes:
         source: the image's path, or None for an array.
-        rgb: the image, RGB uint8 (H, W, 3).
+        rgb: the image, RGB uint8 (H, W, 3); None when a tensor came without one.
         x: the model input, (1, C, H, W) or (1, H, W, C).
         outputs: the model's outputs for ``x`` (batch of one), by name.
         acts: the node's activations, (K, h, w) float32.
         preprocess_s, activation_s: seconds spent.
+        spec: the input's layout, size and dtype.
+        given_tensor: ``x`` is the caller's tensor, not onnxcam's preprocessing of ``rgb``.
     """
 
     source: str | None
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     x: np.ndarray
     outputs: dict[str, np.ndarray]
     acts: np.ndarray
     preprocess_s: float
     activation_s: float
+    spec: preprocess.InputSpec
+    given_tensor: bool = False
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One thing to explain: an image, or a prepared tensor (with an image or not)."""
+
+    image: ImageLike | None
+    tensor: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """An input made ready for the activation pass."""
+
+    source: str | None
+    rgb: np.ndarray | None
+    x: np.ndarray
+    spec: preprocess.InputSpec
+    preprocess_s: float
+    given_tensor: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,7 +93,8 @@ class Explainer:
     """Explains an image model's outputs with a saliency method; the session is built once.
 
     Args:
-        model: path to the ``.onnx`` file (never modified).
+        model: the ``.onnx`` file's path, the model's bytes, or an ``onnx.ModelProto``
+            (never modified; external data only with a path).
         node: ``auto``, a node name, or an output tensor name.
         preset: ``imagenet``, ``caffe``, ``tf``, ``unit`` or ``raw``; default: the model's
             ``onnxcam.preset`` metadata, else ``imagenet``.
@@ -85,11 +112,18 @@ class Explainer:
             options reproducing that implementation's maps (exclusive with ``options``).
         fp16: run the model in float16 (inputs and outputs stay float32); meant for CUDA.
         method: the saliency method (``scorecam``, the default, or ``activation``).
+        providers: execution providers exactly as ONNX Runtime takes them (names or
+            ``(name, options)`` pairs), instead of ``device``; the first must serve.
+        session_options: an ``onnxruntime.SessionOptions`` or a mapping of its properties
+            (plus ``config_entries``); kept as a plain mapping so the Explainer still pickles.
+        budget_s: seconds per image: anytime Score-CAM runs the most promising masks first
+            and stops when the time is spent (the record says how many ran and estimates how
+            close the map is to the exact one).
     """
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | bytes | onnx.ModelProto,
         *,
         node: str = "auto",
         preset: str | None = None,
@@ -109,6 +143,9 @@ class Explainer:
         compat: str | None = None,
         fp16: bool = False,
         method: str = "scorecam",
+        providers: Sequence[ProviderSpec] | None = None,
+        session_options: Any = None,
+        budget_s: float | None = None,
     ) -> None:
         if compat is not None:
             if options is not None:
@@ -121,8 +158,10 @@ class Explainer:
             label_spec = None if labels is None else str(labels)
         else:
             label_spec = tuple(labels)
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
         config = ExplainerConfig(
-            model=str(model),
+            model=model if isinstance(model, bytes) else str(model),
             node=node,
             preset=preset,
             mean=None if mean is None else tuple(float(v) for v in mean),
@@ -140,6 +179,9 @@ class Explainer:
             options=options or ScoreCamOptions(),
             fp16=fp16,
             method=method,
+            providers=None if providers is None else tuple(providers),
+            session_options=None if session_options is None else session_settings(session_options),
+            budget_s=budget_s,
         )
         self._build(config)
 
@@ -157,7 +199,10 @@ class Explainer:
     def _build(self, config: ExplainerConfig) -> None:
         self.config = config
         self.method: Method = methods.create(
-            config.method, options=config.options, baseline=config.baseline
+            config.method,
+            options=config.options,
+            baseline=config.baseline,
+            budget_s=config.budget_s,
         )
         self.prepared: Prepared = prepare(config)
         self.notes: list[str] = list(self.prepared.notes)
@@ -205,14 +250,22 @@ class Explainer:
 
     # ----------------------------------------------------------------- the activation pass
 
-    def forward(self, image: ImageLike) -> Forward:
-        """Read and preprocess the image and run the activation pass (no other passes)."""
-        outcome = self._forward_many([image])[0]
+    def preprocess(self, image: ImageLike) -> np.ndarray:
+        """The model input onnxcam makes of ``image``: (1, C, H, W) or (1, H, W, C), in the
+        model's dtype (what ``explain(tensor=...)`` takes)."""
+        return self._load(image).x
+
+    def forward(
+        self, image: ImageLike | None = None, *, tensor: np.ndarray | None = None
+    ) -> Forward:
+        """Read and preprocess the image, or take the caller's ``tensor``, and run the
+        activation pass (no other passes)."""
+        outcome = self._forward_many([_Input(image, tensor)])[0]
         if isinstance(outcome, OnnxCamError):
             raise outcome
         return outcome
 
-    def _load(self, image: ImageLike) -> tuple[str | None, np.ndarray, np.ndarray, float]:
+    def _load(self, image: ImageLike) -> _Loaded:
         t0 = time.perf_counter()
         if isinstance(image, (str, Path)):
             source: str | None = str(image)
@@ -221,28 +274,41 @@ class Explainer:
             source = None
             rgb = preprocess.as_rgb(image)
         x = preprocess.to_tensor(rgb, self.spec, self.norm)
-        return source, rgb, x, time.perf_counter() - t0
+        return _Loaded(source, rgb, x, self.spec, time.perf_counter() - t0)
 
-    def _forward_many(self, images: Sequence[ImageLike]) -> list[Forward | OnnxCamError]:
-        """Activation passes of several images in shared batches; a bad image is its error."""
-        outcomes: list[Forward | OnnxCamError] = []
-        loaded = []
-        for image in images:
+    def _load_tensor(self, tensor: np.ndarray, image: ImageLike | None) -> _Loaded:
+        """A caller's model input, checked against what the model takes; the image, when
+        given, is only for the overlay and the map's final size."""
+        t0 = time.perf_counter()
+        spec = modelinfo.tensor_spec(
+            np.asarray(tensor), self.spec, dynamic_size=self.prepared.dynamic_size
+        )
+        loaded = self._load(image) if image is not None else None
+        source = loaded.source if loaded else None
+        rgb = loaded.rgb if loaded else None
+        x = np.ascontiguousarray(tensor)
+        return _Loaded(source, rgb, x, spec, time.perf_counter() - t0, given_tensor=True)
+
+    def _forward_many(self, inputs: Sequence[_Input]) -> list[Forward | OnnxCamError]:
+        """Activation passes of several inputs in shared batches; a bad one is its error."""
+        loaded: list[_Loaded | OnnxCamError] = []
+        for given in inputs:
             try:
-                loaded.append(self._load(image))
+                if given.tensor is not None:
+                    loaded.append(self._load_tensor(given.tensor, given.image))
+                elif given.image is not None:
+                    loaded.append(self._load(given.image))
+                else:
+                    raise ConfigError("nothing to explain: pass an image or tensor=")
             except ConfigError:
                 raise
             except OnnxCamError as exc:
-                loaded.append(exc)  # type: ignore[arg-type]
+                loaded.append(exc)
         model_outputs = tuple(o.name for o in self.prepared.outputs)
         fetch = tuple(dict.fromkeys((*model_outputs, self.prepared.feature_output)))
-        jobs = [
-            Job(1, one_input(item[2]), fetch, dict)
-            for item in loaded
-            if not isinstance(item, OnnxCamError)
-        ]
-        ran = iter(self.runner.run(jobs))
-        layout = self.candidate.layout
+        good = [item for item in loaded if isinstance(item, _Loaded)]
+        ran = iter(self.runner.run([Job(1, one_input(item.x), fetch, dict) for item in good]))
+        outcomes: list[Forward | OnnxCamError] = []
         for item in loaded:
             if isinstance(item, OnnxCamError):
                 outcomes.append(item)
@@ -251,14 +317,15 @@ class Explainer:
             if isinstance(done, OnnxCamError):
                 outcomes.append(done)
                 continue
-            source, rgb, x, pre_s = item
             values = done.values
-            acts = ops.channels_first(values[self.prepared.feature_output][0], layout)
+            acts = ops.channels_first(
+                values[self.prepared.feature_output][0], self.candidate.layout
+            )
             if min(acts.shape[1:]) < 2:
                 outcomes.append(
                     NodeError(
                         f"node '{self.candidate.label}' gives a {acts.shape[1]}×{acts.shape[2]} "
-                        f"map for an input of {self.spec.height}×{self.spec.width}: no spatial "
+                        f"map for an input of {item.spec.height}×{item.spec.width}: no spatial "
                         "layout to explain; pick an earlier node (see `onnxcam nodes`) or a "
                         "larger --size"
                     )
@@ -266,7 +333,17 @@ class Explainer:
                 continue
             outputs = {name: values[name] for name in model_outputs}
             outcomes.append(
-                Forward(source, rgb, x, outputs, acts.astype(np.float32), pre_s, done.run_s)
+                Forward(
+                    item.source,
+                    item.rgb,
+                    item.x,
+                    outputs,
+                    acts.astype(np.float32),
+                    item.preprocess_s,
+                    done.run_s,
+                    item.spec,
+                    item.given_tensor,
+                )
             )
         return outcomes
 
@@ -318,23 +395,40 @@ class Explainer:
         return _scores(outcome, len(targets))
 
     @staticmethod
-    def _scoring_job(targets: Sequence[Target], count: int, inputs: Any) -> Job:
+    def _scoring_job(
+        targets: Sequence[Target],
+        count: int,
+        inputs: Any,
+        *,
+        budget_s: float | None = None,
+        required: int = 0,
+    ) -> Job:
         outputs = tuple(dict.fromkeys(name for t in targets for name in t.outputs))
 
         def keep(out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             rows = next(iter(out.values())).shape[0]
             return {"scores": np.stack([checked_scores(t, out, rows) for t in targets], axis=1)}
 
-        return Job(count, inputs, outputs, keep)
+        return Job(count, inputs, outputs, keep, budget_s, required)
 
     # ----------------------------------------------------------------- explanations
 
     def explain(
-        self, image: ImageLike, *, target: TargetLike | Iterable[TargetLike] | None = None
+        self,
+        image: ImageLike | None = None,
+        *,
+        target: TargetLike | Iterable[TargetLike] | None = None,
+        tensor: np.ndarray | None = None,
     ) -> Result:
         """Explain one image (a path, or an RGB array) for ``target`` (default: top class);
-        several targets share one set of passes (see :meth:`bind` for what ``target`` takes)."""
-        return self.explain_forward(self.forward(image), target=target)
+        several targets share one set of passes (see :meth:`bind` for what ``target`` takes).
+
+        With ``tensor``, explain that model input as given (the model's layout and dtype,
+        batch of one, e.g. from the caller's own pipeline); the map is at the tensor's size,
+        or at the image's when ``image`` comes along for the overlay.
+        ``explain(tensor=explainer.preprocess(img), image=img)`` equals ``explain(img)``.
+        """
+        return self.explain_forward(self.forward(image, tensor=tensor), target=target)
 
     def explain_forward(
         self, fwd: Forward, *, target: TargetLike | Iterable[TargetLike] | None = None
@@ -347,21 +441,31 @@ class Explainer:
 
     def explain_many(
         self,
-        images: Iterable[ImageLike],
+        images: Iterable[ImageLike | None] | None = None,
         *,
+        tensors: Iterable[np.ndarray] | None = None,
         target: TargetLike | Iterable[TargetLike] | None = None,
         group: int = 4,
-    ) -> Iterator[tuple[ImageLike, Result | OnnxCamError]]:
-        """Explain several images, packing their passes into shared batches.
+    ) -> Iterator[tuple[Any, Result | OnnxCamError]]:
+        """Explain several images (or prepared ``tensors``, with ``images`` alongside or not),
+        packing their passes into shared batches.
 
-        Images are taken ``group`` at a time; a bad image does not stop the others.
+        Inputs are taken ``group`` at a time; a bad one does not stop the others.
 
         Yields:
-            ``(image, result)`` in input order, where ``result`` is the :class:`Result` or
-            the image's :class:`OnnxCamError` (configuration and output errors still raise).
+            ``(input, result)`` in input order, where ``input`` is the image (or the tensor)
+            and ``result`` the :class:`Result` or that input's :class:`OnnxCamError`
+            (configuration and output errors still raise).
         """
         specs = resolve_targets(target)
-        pending = list(images)
+        if tensors is None:
+            pending = [_Input(image) for image in images or ()]
+        else:
+            given = list(tensors)
+            alongside = list(images) if images is not None else [None] * len(given)
+            if len(alongside) != len(given):
+                raise ConfigError(f"{len(given)} tensors but {len(alongside)} images alongside")
+            pending = [_Input(i, t) for i, t in zip(alongside, given, strict=True)]
         step = max(1, group)
         for start in range(0, len(pending), step):
             chunk = pending[start : start + step]
@@ -379,18 +483,19 @@ class Explainer:
                 except OnnxCamError as exc:
                     outcomes.append(exc)
             explained = iter(self._explain_bound(ready))
-            for image, outcome in zip(chunk, outcomes, strict=True):
-                yield image, outcome if outcome is not None else next(explained)
+            for item, outcome in zip(chunk, outcomes, strict=True):
+                shown = item.image if item.tensor is None else item.tensor
+                yield shown, outcome if outcome is not None else next(explained)
 
     def _prepare_passes(self, fwd: Forward, specs: Sequence[TargetSpec]) -> _Bound:
         targets = self._bind(fwd, specs)
         clean_scores = [float(checked_scores(t, fwd.outputs, 1)[0]) for t in targets]
-        clean = Clean(fwd.x, fwd.rgb, fwd.acts, self.spec, self.norm)
+        clean = Clean(fwd.x, fwd.rgb, fwd.acts, fwd.spec, self.norm)
         return _Bound(fwd, clean, targets, clean_scores, self.method.plan(clean))
 
     def _explain_bound(self, ready: Sequence[_Bound]) -> list[Result | OnnxCamError]:
         """Every image's passes in shared batches, then each target's map."""
-        jobs = [self._scoring_job(b.targets, b.plan.count, b.plan.inputs) for b in ready]
+        jobs = [self._passes_job(b) for b in ready]
         results: list[Result | OnnxCamError] = []
         for bound, outcome in zip(ready, self.runner.run(jobs), strict=True):
             if isinstance(outcome, OnnxCamError):
@@ -399,24 +504,34 @@ class Explainer:
             results.append(self._result(bound, outcome))
         return results
 
+    def _passes_job(self, bound: _Bound) -> Job:
+        """The image's planned passes; a budget counts the time its activation pass took."""
+        plan, fwd = bound.plan, bound.fwd
+        budget = None
+        if plan.budget_s is not None:
+            budget = max(0.0, plan.budget_s - fwd.preprocess_s - fwd.activation_s)
+        return self._scoring_job(
+            bound.targets, plan.count, plan.inputs, budget_s=budget, required=plan.required
+        )
+
     def _result(self, bound: _Bound, outcome: JobResult) -> Result:
         t0 = time.perf_counter()
         fwd, plan = bound.fwd, bound.plan
         scores = _scores(outcome, len(bound.targets))
-        height, width = fwd.rgb.shape[:2]
         notes = list(self.notes)
         if not self.method.class_specific:
             notes.append(f"method '{self.method.name}' does not depend on the target")
         maps = []
         for i, target in enumerate(bound.targets):
-            cam = self.method.combine(bound.clean, plan, scores[:, i], bound.clean_scores[i])
-            info = target.describe()
+            made = self.method.combine(bound.clean, plan, scores[:, i], bound.clean_scores[i])
+            cam, info = made.map, {**target.describe(), **made.info}
             if not cam.any():
                 notes.append(
                     f"the map of target '{info['spec']}' is all zero: nothing the method "
                     "tried raised its score"
                 )
-            maps.append(TargetResult(ops.resize_map(cam, height, width), cam, info))
+            shown = cam if fwd.rgb is None else ops.resize_map(cam, *fwd.rgb.shape[:2])
+            maps.append(TargetResult(shown, cam, info))
         timings = {
             "preprocess_s": fwd.preprocess_s,
             "activation_s": fwd.activation_s,
@@ -428,7 +543,7 @@ class Explainer:
         return Result(
             image=fwd.rgb,
             targets=tuple(maps),
-            model=self.config.model,
+            model=model_name(self.config.model),
             node=self.candidate.label,
             tensor=self.candidate.tensor,
             method=self.method.name,
@@ -436,8 +551,9 @@ class Explainer:
                 **self.method.options(),
                 "batch_size": self.batch_size(),
                 "preprocess": asdict(self.norm),
-                "input_size": [self.spec.height, self.spec.width],
-                "layout": self.spec.layout,
+                "input_size": [fwd.spec.height, fwd.spec.width],
+                "layout": fwd.spec.layout,
+                "input": "tensor" if fwd.given_tensor else "image",
             },
             stats=dict(plan.stats),
             provider=self.provider,

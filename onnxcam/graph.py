@@ -103,13 +103,30 @@ class Candidate:
         return self.shape[1] if self.layout == "NCHW" else self.shape[3]
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Load and check an ONNX model, with external data resolved next to the file.
+def load_model(source: str | Path | bytes) -> onnx.ModelProto:
+    """Load and check an ONNX model from a path (external data resolved next to the file) or
+    from its serialized bytes (which cannot refer to external data).
 
     Raises:
         ModelError: the file is missing, empty, truncated or not an ONNX model.
     """
-    path = Path(path)
+    if isinstance(source, bytes):
+        name = f"the model bytes ({len(source):,} bytes)"
+        if not source:
+            raise ModelError("the model bytes are empty (expected a serialized ONNX model)")
+        try:
+            model = onnx.load_model_from_string(source)
+        except Exception as exc:
+            raise ModelError(
+                f"cannot read {name} as an ONNX model ({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
+        if any(_is_external(t) for t in model.graph.initializer):
+            raise ModelError(
+                f"{name} refer to external data files; pass the model's path instead, so the "
+                "files are found next to it"
+            )
+        return _checked(model, name)
+    path = Path(source)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     if not path.is_file():
@@ -123,16 +140,24 @@ def load_model(path: str | Path) -> onnx.ModelProto:
             f"cannot read {path} as an ONNX model ({type(exc).__name__}: {_first_line(exc)}); "
             "is the file complete and exported with torch.onnx/tf2onnx/paddle2onnx?"
         ) from exc
+    return _checked(model, str(path))
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _checked(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     if len(model.graph.node) == 0 or len(model.graph.input) == 0 or len(model.graph.output) == 0:
         raise ModelError(
-            f"{path} is not a usable ONNX model: its graph has "
+            f"{name} is not a usable ONNX model: its graph has "
             f"{len(model.graph.node)} nodes, {len(model.graph.input)} inputs and "
             f"{len(model.graph.output)} outputs (the file may be truncated or not ONNX)"
         )
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelError(f"{path} fails the ONNX checker: {_first_line(exc)}") from exc
+        raise ModelError(f"{name} fails the ONNX checker: {_first_line(exc)}") from exc
     return model
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from . import graph
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, ImageError, ModelError
 from .preprocess import InputSpec
 from .runtime import Session
 
@@ -24,6 +24,7 @@ __all__ = [
     "input_spec",
     "metadata_size",
     "output_activation",
+    "tensor_spec",
 ]
 
 # Masked passes per run. On CPU the per-image time is flat from about 8 to 64 while memory
@@ -96,6 +97,37 @@ def input_spec(
             "--size HxW (e.g. --size 224x224; API: size=(224, 224))"
         )
     return InputSpec(name, layout, height, width, channels, dtype)
+
+
+def tensor_spec(x: np.ndarray, spec: InputSpec, *, dynamic_size: bool) -> InputSpec:
+    """The spec of a caller's model input: the model's, with the tensor's height and width
+    when the model takes any size.
+
+    Raises:
+        ImageError: the tensor's rank, batch, channels, size or dtype do not fit the input,
+            or it holds NaN or Inf.
+    """
+    dims = (1, spec.channels, spec.height, spec.width)
+    if spec.layout == "NHWC":
+        dims = (1, spec.height, spec.width, spec.channels)
+    wanted = "(1, C, H, W)" if spec.layout == "NCHW" else "(1, H, W, C)"
+    size = "any H, W" if dynamic_size else f"H, W = {spec.height}, {spec.width}"
+    fits = x.ndim == 4 and x.shape[0] == 1 and x.dtype == spec.dtype
+    if fits:
+        c_axis, hw = (1, (2, 3)) if spec.layout == "NCHW" else (3, (1, 2))
+        fits = x.shape[c_axis] == spec.channels and (
+            dynamic_size or tuple(x.shape[a] for a in hw) == (spec.height, spec.width)
+        )
+    if not fits:
+        raise ImageError(
+            f"tensor of shape {tuple(x.shape)} and dtype {x.dtype} does not fit model input "
+            f"'{spec.name}', which takes {wanted} {spec.dtype} with C = {spec.channels} and "
+            f"{size} (e.g. {dims}); Explainer.preprocess(image) makes one"
+        )
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise ImageError("tensor contains NaN or Inf")
+    h, w = (x.shape[2], x.shape[3]) if spec.layout == "NCHW" else (x.shape[1], x.shape[2])
+    return InputSpec(spec.name, spec.layout, int(h), int(w), spec.channels, spec.dtype)
 
 
 def metadata_size(metadata: dict[str, str]) -> tuple[int, int] | None:

@@ -31,6 +31,7 @@ class Prepared:
         outputs: the model's own outputs, in graph order.
         session: one session serving every pass.
         fixed_batch: the model's batch dimension when it could not be freed, else None.
+        dynamic_size: the model takes inputs of any height and width.
         default_batch: the batch size for this model and provider.
         labels: class names, when known.
         notes: things worth telling the user about the model.
@@ -44,6 +45,7 @@ class Prepared:
     outputs: tuple[OutputInfo, ...]
     session: Session
     fixed_batch: int | None
+    dynamic_size: bool
     default_batch: int
     labels: list[str] | None
     notes: tuple[str, ...]
@@ -88,8 +90,10 @@ def prepare(config: ExplainerConfig) -> Prepared:
     session, fixed = _open_session(exposed, index, spec, config, notes)
     labels = _labels(config.labels, metadata)
     default_batch = modelinfo.default_batch(index, spec, session.info.provider)
+    shape = index.shape(spec.name) or ()
+    dynamic = not all(isinstance(d, int) for d in shape[1:])
     return Prepared(
-        metadata, norm, spec, candidate, feature_output, outputs, session, fixed,
+        metadata, norm, spec, candidate, feature_output, outputs, session, fixed, dynamic,
         default_batch, labels, tuple(notes),
     )  # fmt: skip
 
@@ -152,7 +156,13 @@ def _open_session(
 
 
 def _session(model: onnx.ModelProto, config: ExplainerConfig) -> Session:
-    return Session(model.SerializeToString(), device=config.device, threads=config.threads)
+    return Session(
+        model.SerializeToString(),
+        device=config.device,
+        threads=config.threads,
+        providers=config.providers,
+        session_options=config.session_options,
+    )
 
 
 def _labels(spec: str | tuple[str, ...] | None, metadata: dict[str, str]) -> list[str] | None:

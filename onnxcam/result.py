@@ -25,14 +25,16 @@ def version() -> str:
         return "0+unknown"
 
 
-def file_names(stem: str, targets: int) -> list[dict[str, str]]:
-    """Per target, the names of its overlay, grayscale map and ``.npy``: ``STEM_overlay.png``
-    for a single target, ``STEM_t{i}_overlay.png`` for target ``i`` of several."""
+def file_names(stem: str, targets: int, *, overlay: bool = True) -> list[dict[str, str]]:
+    """Per target, the names of its overlay (when there is an image to draw on), grayscale
+    map and ``.npy``: ``STEM_overlay.png`` for a single target, ``STEM_t{i}_overlay.png`` for
+    target ``i`` of several."""
     tags = [stem] if targets == 1 else [f"{stem}_t{i}" for i in range(targets)]
-    return [
-        {"overlay": f"{tag}_overlay.png", "saliency": f"{tag}_saliency.png", "npy": f"{tag}.npy"}
-        for tag in tags
-    ]
+    names = []
+    for tag in tags:
+        files = {"overlay": f"{tag}_overlay.png"} if overlay else {}
+        names.append({**files, "saliency": f"{tag}_saliency.png", "npy": f"{tag}.npy"})
+    return names
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,13 @@ class TargetResult:
 class Result:
     """One image explained for one or more targets, all from one set of passes.
 
-    The attributes ``saliency``, ``class_index``, ``label``, ``score`` and ``top5`` are the
-    first target's; ``targets`` has them all.
+    ``image`` is None when a caller's tensor was explained without an image; the maps are
+    then at the tensor's size and no overlay is drawn. The attributes ``saliency``,
+    ``class_index``, ``label``, ``score`` and ``top5`` are the first target's; ``targets`` has
+    them all.
     """
 
-    image: np.ndarray
+    image: np.ndarray | None
     targets: tuple[TargetResult, ...]
     model: str
     node: str
@@ -154,7 +158,9 @@ class Result:
         writes under that stem."""
         first = self.targets[0]
         entries = []
-        names = file_names(stem, len(self.targets)) if stem is not None else None
+        names = None
+        if stem is not None:
+            names = file_names(stem, len(self.targets), overlay=self.image is not None)
         for i, target in enumerate(self.targets):
             entry = {k: v for k, v in target.info.items() if k != "top5"}
             entry["map"] = target.map_stats()
@@ -176,7 +182,7 @@ class Result:
             **self.stats,
             "provider": self.provider,
             "timings": self.timings,
-            "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],
+            "image_size": [int(first.saliency.shape[1]), int(first.saliency.shape[0])],
             "notes": list(self.notes),
             "onnxcam_version": version(),
             "targets": entries,
@@ -193,7 +199,7 @@ class Result:
             Path(out_dir),
             self.image,
             [t.saliency for t in self.targets],
-            file_names(name, len(self.targets)),
+            file_names(name, len(self.targets), overlay=self.image is not None),
             self.to_record(stem=name),
             f"{name}.json",
             alpha=alpha,

@@ -43,12 +43,18 @@ class Job:
         outputs: the model outputs ``keep`` reads.
         keep: reduces the outputs of consecutive rows (a mapping of name to ``(n, ...)``) to
             arrays with ``n`` rows each; the runner concatenates them per key.
+        budget_s: once the job has spent this many seconds (building its rows and its share
+            of the runs), no more of its rows are taken: its values then have fewer than
+            ``count`` rows. It stops between blocks, so it overruns by at most one batch.
+        required: rows taken whatever the budget.
     """
 
     count: int
     inputs: Callable[[int], Iterator[np.ndarray]]
     outputs: tuple[str, ...]
     keep: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+    budget_s: float | None = None
+    required: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,9 +139,12 @@ class Runner:
         for i in which:
             if jobs[i].count == 0:
                 finish(i)
-        for batch, segments in self._batches(
-            jobs, [i for i in which if jobs[i].count], chunk, build
-        ):
+        batches = self._batches(jobs, [i for i in which if jobs[i].count], chunk, build, spent)
+        for batch, segments in batches:
+            if batch is None:  # a job's budget ran out after its rows had all run
+                for i, _, _ in segments:
+                    finish(i)
+                continue
             t0 = time.perf_counter()
             n = batch.shape[0]
             if n < chunk:
@@ -156,19 +165,36 @@ class Runner:
 
     @staticmethod
     def _batches(
-        jobs: Sequence[Job], which: list[int], chunk: int, build: dict[int, float]
-    ) -> Iterator[tuple[np.ndarray, list[tuple[int, int, bool]]]]:
+        jobs: Sequence[Job],
+        which: list[int],
+        chunk: int,
+        build: dict[int, float],
+        spent: dict[int, float],
+    ) -> Iterator[tuple[np.ndarray | None, list[tuple[int, int, bool]]]]:
         """Regroup the jobs' rows into batches of ``chunk`` rows (the last one may be short).
 
-        Yields each batch with its segments ``(job, rows, is the job's last segment)``.
+        Yields each batch with its segments ``(job, rows, is the job's last segment)``; a
+        batch of None only closes a job whose budget ran out after its rows had run.
         """
         pending: list[np.ndarray] = []
         segments: list[tuple[int, int, bool]] = []
         count = 0
         for i in which:
-            left = jobs[i].count
-            stream = jobs[i].inputs(chunk)
+            job = jobs[i]
+            left = job.count
+            stream = job.inputs(chunk)
             while left:
+                taken = job.count - left
+                if (
+                    job.budget_s is not None
+                    and taken >= job.required
+                    and build[i] + spent[i] >= job.budget_s
+                ):
+                    if segments and segments[-1][0] == i:
+                        segments[-1] = (i, segments[-1][1], True)
+                    else:
+                        yield None, [(i, 0, True)]
+                    break
                 t = time.perf_counter()
                 block = next(stream, None)
                 build[i] += time.perf_counter() - t

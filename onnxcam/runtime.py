@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.metadata
+import io
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import DeviceError, ModelError
+from .errors import ConfigError, DeviceError, ModelError
 
 __all__ = [
     "DEVICES",
+    "SESSION_OPTIONS",
+    "ProviderSpec",
     "Session",
+    "check_providers",
     "cuda_provider_options",
     "gpu_visible",
     "import_ort",
     "installed_runtimes",
     "providers_for",
+    "session_settings",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -117,6 +123,60 @@ def providers_for(
     return ["CPUExecutionProvider"]
 
 
+ProviderSpec = str | tuple[str, dict[str, Any]]
+
+# SessionOptions properties that can be set and read back (so that they pickle as a mapping).
+SESSION_OPTIONS = (
+    "enable_cpu_mem_arena", "enable_mem_pattern", "enable_mem_reuse", "enable_profiling",
+    "execution_mode", "execution_order", "graph_optimization_level", "inter_op_num_threads",
+    "intra_op_num_threads", "log_severity_level", "log_verbosity_level", "logid",
+    "optimized_model_filepath", "profile_file_prefix", "use_deterministic_compute",
+    "use_per_session_threads",
+)  # fmt: skip
+
+
+def session_settings(options: Any) -> dict[str, Any]:
+    """A ``SessionOptions`` (or a mapping of its property names to values, plus
+    ``config_entries``: a mapping of session config keys to values) as a plain, picklable
+    mapping. Only what differs from ONNX Runtime's defaults is kept.
+
+    Raises:
+        ConfigError: an unknown property name.
+    """
+    if isinstance(options, Mapping):
+        unknown = [k for k in options if k not in (*SESSION_OPTIONS, "config_entries")]
+        if unknown:
+            raise ConfigError(
+                f"unknown session option '{unknown[0]}'; valid: {', '.join(SESSION_OPTIONS)}, "
+                "config_entries"
+            )
+        return dict(options)
+    defaults = import_ort().SessionOptions()
+    return {
+        name: getattr(options, name)
+        for name in SESSION_OPTIONS
+        if getattr(options, name) != getattr(defaults, name)
+    }
+
+
+def check_providers(providers: Sequence[ProviderSpec], available: Sequence[str]) -> list[Any]:
+    """The caller's providers, as ONNX Runtime takes them, when this build has them all.
+
+    Raises:
+        DeviceError: an empty list, or a provider this ONNX Runtime build does not have.
+    """
+    if not providers:
+        raise DeviceError("the list of execution providers is empty")
+    for provider in providers:
+        name = provider if isinstance(provider, str) else provider[0]
+        if name not in available:
+            raise DeviceError(
+                f"execution provider '{name}' is not in this ONNX Runtime build (it offers "
+                f"{', '.join(available)})"
+            )
+    return [p if isinstance(p, str) else (p[0], dict(p[1])) for p in providers]
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     """What serves: the provider ONNX Runtime really uses, and the thread count."""
@@ -130,23 +190,62 @@ class Session:
 
     Args:
         model_bytes: the serialized (already rewritten) model.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu`` or ``cuda`` (ignored when ``providers`` is given).
         threads: intra-op threads for the CPU provider (None: ONNX Runtime's default).
+        providers: execution providers exactly as ONNX Runtime takes them (names or
+            ``(name, options)`` pairs); the first one must serve.
+        session_options: ``SessionOptions`` properties to set (see :func:`session_settings`),
+            applied after ``threads``.
+
+    Raises:
+        DeviceError: the provider asked for first cannot serve (no silent CPU fallback).
+        ModelError: ONNX Runtime cannot load the model.
     """
 
-    def __init__(self, model_bytes: bytes, *, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        model_bytes: bytes,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        providers: Sequence[ProviderSpec] | None = None,
+        session_options: Mapping[str, Any] | None = None,
+    ):
         ort = import_ort()
         options = ort.SessionOptions()
         options.log_severity_level = _QUIET
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        providers = providers_for(device, ort.get_available_providers())
+        for name, value in (session_options or {}).items():
+            if name == "config_entries":
+                for key, entry in value.items():
+                    options.add_session_config_entry(str(key), str(entry))
+            else:
+                setattr(options, name, value)
+        available = ort.get_available_providers()
+        if providers is not None:
+            chosen = check_providers(providers, available)
+        else:
+            chosen = providers_for(device, available)
         try:
-            self._session = ort.InferenceSession(model_bytes, options, providers=providers)
+            # When a provider fails to start, ONNX Runtime's Python layer prints "EP Error ...
+            # Falling back" before retrying; onnxcam reports that itself, below.
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                self._session = ort.InferenceSession(model_bytes, options, providers=chosen)
         except Exception as exc:
             raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
         served = self._session.get_providers()
+        first = chosen[0] if isinstance(chosen[0], str) else chosen[0][0]
+        if providers is not None and served[0] != first:
+            raise DeviceError(
+                f"execution provider {first} was asked for first, but ONNX Runtime serves with "
+                f"{served[0]} (its libraries or device are missing); fix that install or ask "
+                "for another provider"
+            )
         if device == "cuda" and "CUDAExecutionProvider" not in served:
             raise DeviceError(
                 "--device cuda: ONNX Runtime fell back to the CPU (CUDA or cuDNN libraries "

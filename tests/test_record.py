@@ -79,6 +79,7 @@ def test_whole_record_of_one_explanation(tiny, image):
             },
             "input_size": [16, 16],
             "layout": "NCHW",
+            "input": "image",
         },
         "channels_total": 5,
         "channels_used": 4,

@@ -67,6 +67,15 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
     return dims
 
 
+def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise click.BadParameter("give one or more provider names, separated by commas")
+    return names
+
+
 def collect_images(paths: Iterable[Path]) -> list[Path]:
     """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
     found: list[Path] = []
@@ -127,9 +136,16 @@ _EXPLAINER_OPTIONS = [
                  help="Fast mode: score only the top N channels (default: all, exact)."),
     click.option("--rank", type=click.Choice(RANKS), default="std", show_default=True,
                  help="Fast-mode ranking: spatial std (Faster Score-CAM) or max (CSKIP)."),
+    click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True),
+                 metavar="SECONDS",
+                 help="Anytime Score-CAM: run the most promising masks first and stop after "
+                      "this many seconds per image (the record estimates the fidelity)."),
     click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run."),
     click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--providers", callback=_names, metavar="EP[,EP...]",
+                 help="ONNX Runtime execution providers in order, instead of --device, e.g. "
+                      "TensorrtExecutionProvider,CUDAExecutionProvider; the first must serve."),
     click.option("--fp16", is_flag=True,
                  help="Run the model in float16 (for CUDA; needs onnxcam[fp16])."),
     click.option("--labels", "labels_file", type=click.Path(path_type=Path),
@@ -176,6 +192,8 @@ def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
         batch_size=options["batch_size"],
         threads=options["threads"],
         device=options["device"],
+        providers=options["providers"],
+        budget_s=options["budget_s"],
         fp16=options["fp16"],
         labels=options["labels_file"],
         max_pixels=options["max_pixels"],

@@ -25,6 +25,11 @@ from .common import (
 
 
 def _channels(result: Result) -> str:
+    info = result.targets[0].info
+    if "masks_run" in info:
+        fidelity = info.get("fidelity_estimate")
+        shown = "" if fidelity is None else f", fidelity estimate {fidelity:.3f}"
+        return f", {info['masks_run']}/{info['masks_planned']} masks within the budget{shown}"
     if "channels_used" not in result.stats:
         return ""
     return f", {result.channels_used}/{result.channels_total} channels"

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .activation import ActivationMap
-from .base import Clean, Method, Plan
+from .base import Clean, Method, Plan, TargetMap
 from .scorecam import COMPAT, ScoreCam, ScoreCamOptions
 
-__all__ = ["COMPAT", "METHODS", "Clean", "Method", "Plan", "ScoreCamOptions", "create"]
+__all__ = [
+    "COMPAT",
+    "METHODS",
+    "Clean",
+    "Method",
+    "Plan",
+    "ScoreCamOptions",
+    "TargetMap",
+    "create",
+]
 
 #: Method names and their classes; adding a method is one module and one line here.
 METHODS: dict[str, type[Method]] = {
@@ -16,7 +25,9 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def create(name: str, *, options: ScoreCamOptions, baseline: str) -> Method:
+def create(
+    name: str, *, options: ScoreCamOptions, baseline: str, budget_s: float | None = None
+) -> Method:
     """The method ``name`` with the explainer's settings.
 
     Raises:
@@ -24,4 +35,4 @@ def create(name: str, *, options: ScoreCamOptions, baseline: str) -> Method:
     """
     if name not in METHODS:
         raise ConfigError(f"unknown method '{name}'; valid: {', '.join(METHODS)}")
-    return METHODS[name].from_settings(options=options, baseline=baseline)
+    return METHODS[name].from_settings(options=options, baseline=baseline, budget_s=budget_s)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from .base import Clean, Method, Plan
+from .base import Clean, Method, Plan, TargetMap
 
 __all__ = ["ActivationMap"]
 
@@ -27,6 +27,6 @@ class ActivationMap(Method):
 
     def combine(
         self, clean: Clean, plan: Plan, scores: np.ndarray, clean_score: float
-    ) -> np.ndarray:
+    ) -> TargetMap:
         mean = clean.acts.mean(axis=0, dtype=np.float64)
-        return ops.minmax(ops.upsample(mean, clean.size)[None])[0]
+        return TargetMap(ops.minmax(ops.upsample(mean, clean.size)[None])[0])

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..preprocess import InputSpec, Normalization
 
-__all__ = ["Clean", "Method", "Plan", "no_inputs"]
+__all__ = ["Clean", "Method", "Plan", "TargetMap", "no_inputs"]
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,15 @@ class Clean:
 
     Attributes:
         x: the preprocessed input, (1, C, H, W) or (1, H, W, C), the model's dtype.
-        rgb: the image, RGB uint8 (H0, W0, 3), before resizing.
+        rgb: the image, RGB uint8 (H0, W0, 3), before resizing; None when the caller gave
+            a model input without one.
         acts: the node's activations, channels first: (K, h, w) float32.
         spec: the model input's layout, size and dtype.
         norm: the normalisation that made ``x`` from pixels.
     """
 
     x: np.ndarray
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     acts: np.ndarray
     spec: InputSpec
     norm: Normalization
@@ -62,12 +63,26 @@ class Plan:
             :class:`onnxcam.runner.Job`).
         stats: counts for the record (e.g. channels used and skipped, masked passes).
         state: whatever the method needs again in :meth:`Method.combine`.
+        budget_s: seconds the passes may take; they run in the order ``inputs`` yields them
+            until the time is spent (``combine`` then gets the scores of a prefix).
+        required: how many first inputs run whatever the budget.
     """
 
     count: int
     inputs: Callable[[int], Iterator[np.ndarray]] = no_inputs
     stats: Mapping[str, int] = field(default_factory=dict)
     state: Any = None
+    budget_s: float | None = None
+    required: int = 0
+
+
+@dataclass(frozen=True)
+class TargetMap:
+    """One target's map, float32 (H, W) at input resolution in [0, 1], and what the method
+    has to say about it for the record (e.g. how much of a budget bought)."""
+
+    map: np.ndarray
+    info: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Method(ABC):
@@ -91,20 +106,22 @@ class Method(ABC):
     @abstractmethod
     def combine(
         self, clean: Clean, plan: Plan, scores: np.ndarray, clean_score: float
-    ) -> np.ndarray:
-        """One target's map, float32 (H, W) at input resolution, in [0, 1], never NaN.
+    ) -> TargetMap:
+        """One target's map (float32 (H, W) at input resolution, in [0, 1], never NaN).
 
         Args:
             clean: the image.
             plan: this image's plan.
-            scores: the target's score of each planned input, (plan.count,).
+            scores: the target's score of each planned input that ran: (plan.count,), or a
+                prefix when a budget stopped the passes early.
             clean_score: the target's score of the clean image.
         """
 
     @classmethod
-    def from_settings(cls, *, options: Any, baseline: str) -> Method:
+    def from_settings(cls, *, options: Any, baseline: str, budget_s: float | None) -> Method:
         """Build from the explainer's settings. A method without settings refuses any that
-        differ from the defaults rather than ignore them."""
+        differ from the defaults rather than ignore them (a time budget means nothing to a
+        method that runs no passes, so it is accepted)."""
         if options != type(options)() or baseline != "none":
             raise ConfigError(
                 f"method '{cls.name}' takes no Score-CAM options (compat, channels, baseline)"

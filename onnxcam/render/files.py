@@ -60,7 +60,7 @@ def _npy(array: np.ndarray) -> bytes:
 
 def write_explanation(
     out_dir: Path,
-    image: np.ndarray,
+    image: np.ndarray | None,
     maps: Sequence[np.ndarray],
     names: Sequence[Mapping[str, str]],
     record: Mapping[str, Any],
@@ -69,8 +69,9 @@ def write_explanation(
     alpha: float = 0.5,
     source: str | None = None,
 ) -> dict[str, Path]:
-    """Write, for each map, its overlay over ``image``, its grayscale PNG and its ``.npy``
-    (file names from ``names[i]``: ``overlay``, ``saliency``, ``npy``), then the record.
+    """Write, for each map, its overlay over ``image`` (when there is one), its grayscale PNG
+    and its ``.npy`` (file names from ``names[i]``: ``overlay``, ``saliency``, ``npy``), then
+    the record.
 
     Returns:
         Every written path by ``"json"`` and ``"overlay"``/``"saliency"``/``"npy"``, the
@@ -91,7 +92,8 @@ def write_explanation(
             if path.resolve() == original:
                 raise OutputError(f"refusing to overwrite the input image {source}")
     for saliency, files in zip(maps, names, strict=True):
-        write_atomic(out_dir / files["overlay"], _png(overlay(image, saliency, alpha=alpha)))
+        if image is not None:
+            write_atomic(out_dir / files["overlay"], _png(overlay(image, saliency, alpha=alpha)))
         write_atomic(out_dir / files["saliency"], _png(saliency_image(saliency)))
         write_atomic(out_dir / files["npy"], _npy(saliency))
     write_atomic(paths["json"], (json.dumps(record, indent=2) + "\n").encode())
