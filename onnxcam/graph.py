@@ -49,8 +49,12 @@ _INPUT_PREP_OPS = {
     "Transpose", "Cast", "Identity", "Mul", "Div", "Add", "Sub", "Reshape", "Pad", "Slice",
     "Resize", "Clip", "BatchNormalization",
 }  # fmt: skip
+# Ops that apply learnt weights: a map that reaches one is a feature map.
+_WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "QLinearConv"}
+# Ops whose output is their input under another name.
+_ALIASES = {"Identity", "Dropout"}
 # Local pooling between the last conv block and the head; auto looks through it.
-_LOCAL_POOLS = {"MaxPool", "AveragePool", "LpPool", "Dropout", "Identity"}
+_LOCAL_POOLS = {"MaxPool", "AveragePool", "LpPool"}
 # Ops after which the spatial dimensions are gone: the classifier head starts there.
 _COLLAPSING_OPS = {
     "GlobalAveragePool",
@@ -180,6 +184,33 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def _fold_constant_aliases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where Identity and Cast nodes of constants are Constant nodes themselves.
+
+    Shape inference cannot see through them (paddle2onnx writes ``Constant -> Identity``
+    as the shape of every Reshape), and then loses every shape after the first one.
+    """
+    out = _copy(model)
+    known = {init.name: init for init in out.graph.initializer}
+    for i, node in enumerate(out.graph.node):
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                known[node.output[0]] = value
+        elif node.op_type in ("Identity", "Cast") and node.input and node.input[0] in known:
+            array = numpy_helper.to_array(known[node.input[0]])
+            if node.op_type == "Cast":
+                to = next(a.i for a in node.attribute if a.name == "to")
+                array = array.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+            tensor = numpy_helper.from_array(array, node.output[0])
+            folded = onnx.helper.make_node(
+                "Constant", [], [node.output[0]], name=node.name, value=tensor
+            )
+            out.graph.node[i].CopyFrom(folded)
+            known[node.output[0]] = tensor
+    return out
+
+
 def _dims(value: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
@@ -205,7 +236,7 @@ class GraphIndex:
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = _infer(model)
+        self.model = _infer(_fold_constant_aliases(model))
         graph = self.model.graph
         self.nodes = list(graph.node)
         self.initializers = {init.name: init for init in graph.initializer}
@@ -315,12 +346,50 @@ class GraphIndex:
                 return [int(a) for a in value.reshape(-1)]
         return None
 
+    def unalias(self, tensor: str) -> str:
+        """The tensor that ``tensor`` is only another name for (through Identity, Dropout)."""
+        while (i := self.producer.get(tensor)) is not None and self.nodes[i].op_type in _ALIASES:
+            tensor = self.nodes[i].input[0]
+        return tensor
+
+    def feeds_weights(self, tensor: str) -> bool:
+        """True when a Conv, Gemm or MatMul uses ``tensor`` (directly or downstream): a
+        feature map, not an output map only reshaped or activated on its way out."""
+        seen = {tensor}
+        stack = [tensor]
+        while stack:
+            for j in self.consumers.get(stack.pop(), []):
+                if self.nodes[j].op_type in _WEIGHTED_OPS:
+                    return True
+                for name in self.nodes[j].output:
+                    if name and name not in seen:
+                        seen.add(name)
+                        stack.append(name)
+        return False
+
+    def feeds_a_map(self, tensor: str) -> bool:
+        """True when something computed from ``tensor`` is a spatial map again (a
+        squeeze-and-excitation gate, not a head)."""
+        seen = {tensor}
+        stack = [tensor]
+        while stack:
+            for j in self.consumers.get(stack.pop(), []):
+                for name in self.nodes[j].output:
+                    if name and name not in seen:
+                        if self.candidate(name) is not None:
+                            return True
+                        seen.add(name)
+                        stack.append(name)
+        return False
+
     def candidate(self, tensor: str) -> Candidate | None:
         """The tensor as a Candidate when it is a 4-D float map with h, w > 1 computed from
         the image (not a weight, a constant or a rearranged copy of the input), else None."""
         i = self.producer.get(tensor)
         if i is None or tensor not in self.from_image or tensor in self.input_copies:
             return None
+        if tensor in self.outputs or self.nodes[i].op_type in _ALIASES:
+            return None  # what is explained, or the same map under another name
         shape = self.shape(tensor)
         elem = self.elem_type(tensor)
         if shape is None or len(shape) != 4 or (elem is not None and elem not in _FLOAT_TYPES):
@@ -358,8 +427,8 @@ def _collapses_space(index: GraphIndex, node: onnx.NodeProto) -> bool:
     op = node.op_type
     if op not in _COLLAPSING_OPS or not node.input:
         return False
-    src = index.candidate(node.input[0])
-    if src is None:
+    src = index.candidate(index.unalias(node.input[0]))
+    if src is None or index.feeds_a_map(node.output[0]):
         return False
     if op.startswith("Global"):
         return True
@@ -387,7 +456,8 @@ class AutoChoice:
 
 def auto_choice(index: GraphIndex) -> AutoChoice:
     """The map the classifier head pools, stepping back through local pooling to the last
-    conv-block activation; without a head, the last spatial map upstream of the outputs.
+    conv-block activation; without a head, the last spatial map upstream of the outputs that
+    still feeds a Conv, Gemm or MatMul (not a head's output map on its way out).
 
     The head starts at the last node upstream of an output that collapses a spatial map to
     a vector (global pooling, a spatial ReduceMean, Flatten or a 2-D Reshape). When that map
@@ -406,9 +476,12 @@ def auto_choice(index: GraphIndex) -> AutoChoice:
         stepped = []
         while (j := index.producer.get(tensor)) is not None:
             pool = index.nodes[j]
-            if pool.op_type not in _LOCAL_POOLS or index.candidate(pool.input[0]) is None:
+            if pool.op_type not in (*_LOCAL_POOLS, *_ALIASES):
                 break
-            stepped.append(pool)
+            if pool.op_type in _LOCAL_POOLS and index.candidate(pool.input[0]) is None:
+                break
+            if pool.op_type in _LOCAL_POOLS:
+                stepped.append(pool)
             tensor = pool.input[0]
         cand = index.candidate(tensor)
         if cand is None:
@@ -423,6 +496,8 @@ def auto_choice(index: GraphIndex) -> AutoChoice:
             )
         return AutoChoice(cand, reason, head)
     candidates = [c for c in spatial_candidates(index.model, index) if c.index in upstream]
+    features = [c for c in candidates if index.feeds_weights(c.tensor)]
+    candidates = features or candidates
     if not candidates:
         raise NodeError(
             "the model has no 4-D spatial feature map (N, C, h, w with h, w > 1) computed from "

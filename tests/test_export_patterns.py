@@ -239,3 +239,73 @@ def test_metadata_conventions_labels_under_character_and_ultralytics_imgsz(tmp_p
         path = save(tmp_path / "bad.onnx", nodes, inits, inputs=[dyn], metadata={"imgsz": bad})
         with pytest.raises(ConfigError, match=r"--size HxW \(e.g. --size 224x224"):
             Explainer(path, preset="unit")
+
+
+def test_shapes_are_inferred_through_constant_identity_reshape_shapes(tmp_path):
+    """paddle2onnx 2.1 without constant folding: every Reshape's shape is Constant ->
+    Identity, and shape inference stops there unless onnxcam folds the Identity first."""
+    nodes, inits = conv_head()
+    nodes[0] = helper.make_node("Conv", ["input", "cw"], ["raw"], kernel_shape=[3, 3],
+                                strides=[2, 2], pads=[1, 1, 1, 1], name="conv")  # fmt: skip
+    bias = inits.pop("cb")
+    nodes[1:1] = [
+        helper.make_node("Constant", [], ["b"], value=numpy_helper.from_array(bias), name="b"),
+        helper.make_node("Constant", [], ["s"], name="s",
+                         value=numpy_helper.from_array(np.array([1, -1, 1, 1], np.int64))),
+        helper.make_node("Identity", ["s"], ["s_id"], name="s_id"),
+        helper.make_node("Reshape", ["b", "s_id"], ["b4"], name="bias_reshape"),
+        helper.make_node("Add", ["raw", "b4"], ["conv"], name="bias_add"),
+        helper.make_node("Identity", ["conv"], ["conv_id"], name="conv_id"),
+    ]  # fmt: skip
+    nodes[7] = helper.make_node("Relu", ["conv_id"], ["feat"], name="relu")
+    path = save(tmp_path / "nofold.onnx", nodes, inits)
+    choice = graph.auto_choice(graph.GraphIndex(graph.load_model(path)))
+    assert choice.candidate.tensor == "feat" and choice.head == "GlobalAveragePool 'gap'"
+    names = [c.tensor for c in graph.spatial_candidates(graph.load_model(path))]
+    assert "conv_id" not in names  # an Identity is its input under another name
+
+
+def test_a_squeeze_excitation_pool_is_not_the_head(tmp_path):
+    """GlobalAveragePool -> Conv -> Sigmoid -> Mul back into the map (SE blocks in a
+    detector backbone): such a pooling is not a classifier head."""
+    nodes, inits = conv_head()
+    se = [
+        helper.make_node("Relu", ["conv"], ["pre"], name="relu0"),
+        helper.make_node("GlobalAveragePool", ["pre"], ["squeeze"], name="se_pool"),
+        helper.make_node("Conv", ["squeeze", "sw"], ["excite"], kernel_shape=[1, 1], name="se_fc"),
+        helper.make_node("Sigmoid", ["excite"], ["gate"], name="se_gate"),
+        helper.make_node("Mul", ["pre", "gate"], ["feat"], name="se_scale"),
+        helper.make_node("Conv", ["feat", "hw"], ["boxes"], kernel_shape=[1, 1], name="box_conv"),
+    ]
+    inits = {"cw": inits["cw"], "cb": inits["cb"], "sw": w(6, 6, 1, 1), "hw": w(4, 6, 1, 1)}
+    out = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 4, 8, 8])
+    path = save(tmp_path / "se.onnx", [nodes[0], *se], inits, outputs=[out])
+    choice = graph.auto_choice(graph.GraphIndex(graph.load_model(path)))
+    assert choice.head is None and choice.candidate.tensor == "feat"
+    # ... and in a classifier, the head is the pooling after the last SE block
+    nodes, inits = conv_head()
+    nodes[1:2] = se[:5]
+    inits["sw"] = w(6, 6, 1, 1)
+    path = save(tmp_path / "se_cls.onnx", nodes, inits)
+    choice = graph.auto_choice(graph.GraphIndex(graph.load_model(path)))
+    assert choice.head == "GlobalAveragePool 'gap'" and choice.candidate.tensor == "feat"
+
+
+def test_without_a_head_auto_takes_the_last_feature_map_not_an_output_map(tmp_path):
+    """MTCNN's P-Net: conv features -> a 1x1 conv to 2 class channels -> Softmax output (a
+    fully convolutional detector). The output and the class-logit map feeding it are what is
+    explained, not feature maps."""
+    nodes = [
+        helper.make_node("Conv", ["input", "cw", "cb"], ["conv"], kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["conv"], ["feat"], name="prelu"),
+        helper.make_node("Conv", ["feat", "hw", "hb"], ["logit_map"], kernel_shape=[1, 1],
+                         name="cls_conv"),
+        helper.make_node("Softmax", ["logit_map"], ["prob"], axis=1, name="softmax"),
+    ]  # fmt: skip
+    inits = {"cw": w(8, 3, 3, 3), "cb": w(8), "hw": w(2, 8, 1, 1), "hb": w(2)}
+    out = helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 2, SIZE, SIZE])
+    path = save(tmp_path / "pnet.onnx", nodes, inits, outputs=[out])
+    choice = graph.auto_choice(graph.GraphIndex(graph.load_model(path)))
+    assert choice.candidate.tensor == "feat" and choice.head is None
+    assert "prob" not in [c.tensor for c in graph.spatial_candidates(graph.load_model(path))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
     except ConfigError:
         echo(f"input '{index.inputs[0]}' {graph.fmt_shape(index.shape(index.inputs[0]) or ())} "
              "(size known only with --size)")  # fmt: skip
-    outputs = ", ".join(f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs)
-    echo(f"outputs {outputs}")
+    outputs = [f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs]
+    echo(_wrap(f"outputs {', '.join(outputs)}"))
     candidates = graph.spatial_candidates(index.model, index)
     if not candidates:
         raise click.ClickException(
@@ -66,7 +67,15 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     if choice is not None:
         if choice.head:
-            echo(f"\nmodel: a classifier; its head starts at {choice.head}")
+            echo(_wrap(f"\nmodel: a classifier; its head starts at {choice.head}"))
         else:
             echo("\nmodel: no classifier head (no node collapses a spatial map into a vector)")
-        echo(f"* auto picks '{choice.candidate.label}': {choice.reason}")
+        echo(_wrap(f"* auto picks '{choice.candidate.label}': {choice.reason}"))
+
+
+def _wrap(text: str) -> str:
+    """Long lines folded at 100 columns, continuations indented (names never split)."""
+    return "\n".join(
+        textwrap.fill(part, 100, subsequent_indent="    ", break_long_words=False)
+        for part in text.split("\n")
+    )
