@@ -25,6 +25,7 @@ __all__ = [
     "auto_candidate",
     "auto_choice",
     "expose",
+    "drop_unused_inputs",
     "expose_float32",
     "fmt_shape",
     "load_model",
@@ -476,7 +477,7 @@ def auto_choice(index: GraphIndex) -> AutoChoice:
         stepped = []
         while (j := index.producer.get(tensor)) is not None:
             pool = index.nodes[j]
-            if pool.op_type not in (*_LOCAL_POOLS, *_ALIASES):
+            if pool.op_type not in (*_LOCAL_POOLS, *_ALIASES, "Transpose"):
                 break
             if pool.op_type in _LOCAL_POOLS and index.candidate(pool.input[0]) is None:
                 break
@@ -536,6 +537,8 @@ def resolve_node(model: onnx.ModelProto, spec: str, index: GraphIndex | None = N
             raise NodeError(f"'{spec}' is a graph input or weight, not a node's output")
         names = [n.name for n in index.nodes if n.name] + list(index.producer)
         close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
+        containing = [n for n in dict.fromkeys(names) if spec.lower() in n.lower()]
+        close = list(dict.fromkeys(close + containing))[:5]
         hint = f"closest: {', '.join(close)}" if close else "run `onnxcam nodes MODEL` to list them"
         raise NodeError(f"no node or tensor named '{spec}' in the model; {hint}")
     for tensor in tensors:
@@ -629,6 +632,25 @@ def expose_float32(model: onnx.ModelProto, tensor: str) -> tuple[onnx.ModelProto
     )
     out.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return out, name
+
+
+def drop_unused_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy without the graph inputs that no node reads (Keras 3's ONNX export leaves
+    constants it folded as such inputs, and ONNX Runtime would still demand them), and
+    their names."""
+    used = {name for node in model.graph.node for name in node.input}
+    used |= {name for node in model.graph.node for attr in node.attribute
+             for g in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]
+             for sub in g.node for name in sub.input}  # fmt: skip
+    outputs = {o.name for o in model.graph.output}
+    unused = [v.name for v in model.graph.input if v.name not in used and v.name not in outputs]
+    if not unused:
+        return model, []
+    out = _copy(model)
+    kept = [v for v in out.graph.input if v.name not in unused]
+    del out.graph.input[:]
+    out.graph.input.extend(kept)
+    return out, unused
 
 
 def with_input_size(

@@ -65,7 +65,10 @@ def prepare(config: ExplainerConfig) -> Prepared:
             f"several ONNX Runtime builds are installed ({', '.join(runtimes)}); they "
             "overwrite each other's files: keep one (pip uninstall the others, reinstall it)"
         )
-    model = graph.load_model(config.model)
+    model, unused = graph.drop_unused_inputs(graph.load_model(config.model))
+    if unused:
+        shown = ", ".join(f"'{name}'" for name in unused)
+        notes.append(f"the model declares inputs that no node reads ({shown}); they are left out")
     index = graph.GraphIndex(model)
     metadata = {p.key: p.value for p in model.metadata_props}
     spec = modelinfo.input_spec(

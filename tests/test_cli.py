@@ -494,3 +494,17 @@ def test_failing_probe_sessions_print_nothing_from_onnx_runtime(inputs: Path, ou
         "note: the model's batch dimension is fixed to 1 and could not be freed safely; "
         "masked passes run 1 at a time"
     ]
+
+
+def test_a_closed_pipe_ends_quietly(inputs: Path) -> None:
+    """`onnxcam nodes model.onnx | head -1`: no 'unexpected BrokenPipeError'. The reading end
+    is closed before the process starts writing."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onnxcam.cli", "nodes", str(inputs / "model.onnx")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert stderr == "", stderr

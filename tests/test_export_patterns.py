@@ -309,3 +309,46 @@ def test_without_a_head_auto_takes_the_last_feature_map_not_an_output_map(tmp_pa
     choice = graph.auto_choice(graph.GraphIndex(graph.load_model(path)))
     assert choice.candidate.tensor == "feat" and choice.head is None
     assert "prob" not in [c.tensor for c in graph.spatial_candidates(graph.load_model(path))]
+
+
+def test_tf2onnx_flatten_head_with_a_transpose_back_to_nhwc(tmp_path):
+    """tf2onnx: conv -> ReLU -> MaxPool -> Transpose(0, 2, 3, 1) -> Reshape(N, -1) -> MatMul.
+    auto looks through the Transpose and the pooling to the ReLU."""
+    nodes = [
+        helper.make_node("Conv", ["input", "cw", "cb"], ["conv"], kernel_shape=[3, 3],
+                         pads=[1, 1, 1, 1], name="Conv__42"),
+        helper.make_node("Relu", ["conv"], ["feat"], name="model/relu4/Relu"),
+        helper.make_node("MaxPool", ["feat"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4],
+                         name="model/pool4/MaxPool2d"),
+        helper.make_node("Transpose", ["pooled"], ["nhwc"], perm=[0, 2, 3, 1], name="Transpose__52"),
+        helper.make_node("Reshape", ["nhwc", "flat"], ["flatten"], name="model/flatten/Reshape"),
+        helper.make_node("MatMul", ["flatten", "fw"], ["logits"], name="model/dense/MatMul"),
+    ]  # fmt: skip
+    inits = {"cw": w(5, 3, 3, 3), "cb": w(5), "flat": np.array([-1, 80], np.int64),
+             "fw": w(80, 4, scale=0.1)}  # fmt: skip
+    path = save(tmp_path / "tf_flatten.onnx", nodes, inits)
+    choice = graph.auto_choice(graph.GraphIndex(graph.load_model(path)))
+    assert choice.candidate.tensor == "feat" and "model/pool4/MaxPool2d" in choice.reason
+
+
+def test_graph_inputs_that_no_node_reads_are_left_out(tmp_path):
+    """Keras 3 model.export(format="onnx") declares folded constants as inputs nothing reads;
+    ONNX Runtime would still demand them."""
+    nodes, inits = conv_head()
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE]),
+        helper.make_tensor_value_info("normalization/Sub/y:0", TensorProto.FLOAT, [1, 1, 1, 3]),
+    ]
+    path = save(tmp_path / "keras3.onnx", nodes, inits, inputs=inputs)
+    explainer = Explainer(path, preset="unit")
+    assert any("'normalization/Sub/y:0'" in n and "left out" in n for n in explainer.notes)
+    assert explainer.explain(image()).saliency.shape == (SIZE, SIZE)
+    assert graph.load_model(path).graph.input[1].name == "normalization/Sub/y:0"  # file untouched
+
+
+def test_an_unknown_node_suggests_names_that_contain_it(tmp_path):
+    nodes, inits = conv_head()
+    nodes[1].name = "model/relu4_1/Relu"
+    path = save(tmp_path / "named.onnx", nodes, inits)
+    with pytest.raises(NodeError, match=r"closest: model/relu4_1/Relu"):
+        graph.resolve_node(graph.load_model(path), "relu4")

@@ -25,6 +25,8 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # `onnxcam nodes m.onnx | head`: click ends quietly
+            raise
         except OnnxCamError as exc:
             if _debug(ctx):
                 raise

@@ -23,7 +23,7 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
     Shapes are those for the model's input size (or --size); `?` is a size only known when an
     image runs, N the batch.
     """
-    proto = graph.load_model(model)
+    proto, _ = graph.drop_unused_inputs(graph.load_model(model))
     index = graph.GraphIndex(proto)
     metadata = {p.key: p.value for p in proto.metadata_props}
     try:
