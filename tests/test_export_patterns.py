@@ -320,7 +320,8 @@ def test_tf2onnx_flatten_head_with_a_transpose_back_to_nhwc(tmp_path):
         helper.make_node("Relu", ["conv"], ["feat"], name="model/relu4/Relu"),
         helper.make_node("MaxPool", ["feat"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4],
                          name="model/pool4/MaxPool2d"),
-        helper.make_node("Transpose", ["pooled"], ["nhwc"], perm=[0, 2, 3, 1], name="Transpose__52"),
+        helper.make_node("Transpose", ["pooled"], ["nhwc"], perm=[0, 2, 3, 1],
+                         name="Transpose__52"),
         helper.make_node("Reshape", ["nhwc", "flat"], ["flatten"], name="model/flatten/Reshape"),
         helper.make_node("MatMul", ["flatten", "fw"], ["logits"], name="model/dense/MatMul"),
     ]  # fmt: skip
