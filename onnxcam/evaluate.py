@@ -18,7 +18,7 @@ from . import methods as registry
 from . import metrics
 from .errors import ConfigError
 from .explain import Explainer, Forward, ImageLike
-from .methods import Clean, Method, ScoreCamOptions
+from .methods import Method, ScoreCamOptions
 from .runner import one_input
 from .targets import Target, TargetLike, checked_scores
 
@@ -83,7 +83,7 @@ def _reference_map(method: str, size: tuple[int, int], seed: int) -> np.ndarray:
 
 def _method_map(explainer: Explainer, method: Method, fwd: Forward, target: Target) -> np.ndarray:
     """``method``'s map of ``target`` at input resolution, its passes through the runner."""
-    clean = Clean(fwd.x, fwd.rgb, fwd.acts, explainer.spec, explainer.norm)
+    clean = explainer.clean(fwd)
     plan = method.plan(clean)
     scores = explainer.score([target], plan.count, plan.inputs)[:, 0]
     clean_score = float(checked_scores(target, fwd.outputs, 1)[0])
@@ -116,7 +116,7 @@ def evaluate(
     def score(count: int, inputs: metrics.Inputs) -> np.ndarray:
         return explainer.score([judged], count, inputs)[:, 0]
 
-    spec = explainer.spec
+    spec = fwd.spec
     size = (spec.height, spec.width)
     x = fwd.x
     blurred = metrics.blur_input(x, spec.layout)

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import methods, modelinfo, ops, preprocess
+from . import graph, methods, modelinfo, ops, preprocess
 from .config import ExplainerConfig, model_name
 from .errors import ConfigError, NodeError, OnnxCamError
 from .methods import COMPAT, Clean, Method, Plan, ScoreCamOptions
 from .prepare import Prepared, prepare
 from .result import Result, TargetResult
 from .runner import Job, JobResult, Runner, one_input
-from .runtime import ProviderSpec, session_settings
+from .runtime import ProviderSpec, Session, session_settings
 from .targets import BindContext, Target, TargetLike, checked_scores, resolve_targets
 from .targets.base import TargetSpec
 
@@ -211,7 +211,7 @@ class Explainer:
 
     # The prepared model, under the names the API has always had.
     @property
-    def session(self) -> Any:
+    def session(self) -> Session:
         return self.prepared.session
 
     @property
@@ -223,7 +223,7 @@ class Explainer:
         return self.prepared.norm
 
     @property
-    def candidate(self) -> Any:
+    def candidate(self) -> graph.Candidate:
         return self.prepared.candidate
 
     @property
@@ -487,10 +487,14 @@ class Explainer:
                 shown = item.image if item.tensor is None else item.tensor
                 yield shown, outcome if outcome is not None else next(explained)
 
+    def clean(self, fwd: Forward) -> Clean:
+        """The image as a method sees it."""
+        return Clean(fwd.x, fwd.rgb, fwd.acts, fwd.spec, self.norm)
+
     def _prepare_passes(self, fwd: Forward, specs: Sequence[TargetSpec]) -> _Bound:
         targets = self._bind(fwd, specs)
         clean_scores = [float(checked_scores(t, fwd.outputs, 1)[0]) for t in targets]
-        clean = Clean(fwd.x, fwd.rgb, fwd.acts, fwd.spec, self.norm)
+        clean = self.clean(fwd)
         return _Bound(fwd, clean, targets, clean_scores, self.method.plan(clean))
 
     def _explain_bound(self, ready: Sequence[_Bound]) -> list[Result | OnnxCamError]:
