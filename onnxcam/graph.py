@@ -52,6 +52,11 @@ _INPUT_PREP_OPS = {
 }  # fmt: skip
 # Ops that apply learnt weights: a map that reaches one is a feature map.
 _WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "QLinearConv"}
+# Ops that only move values around: a grid survives them only if its h, w do.
+_REARRANGING_OPS = {
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Gather", "GatherElements",
+    "Expand", "Tile", "SpaceToDepth", "DepthToSpace",
+}  # fmt: skip
 # Ops whose output is their input under another name.
 _ALIASES = {"Identity", "Dropout"}
 # Local pooling between the last conv block and the head; auto looks through it.
@@ -257,6 +262,7 @@ class GraphIndex:
         self.outputs = [v.name for v in graph.output]
         self._from_image: set[str] | None = None
         self._input_copies: set[str] | None = None
+        self._grids: dict[str, tuple[Dim, Dim]] | None = None
 
     @property
     def from_image(self) -> set[str]:
@@ -268,6 +274,46 @@ class GraphIndex:
                     found.update(name for name in node.output if name)
             self._from_image = found
         return self._from_image
+
+    @property
+    def grids(self) -> dict[str, tuple[Dim, Dim]]:
+        """The image grid (h, w) of every tensor that still lays features out on the image.
+
+        The input has one; an op that computes from a tensor with a grid (convolution,
+        pooling, resizing, an activation, a concatenation) gives its output its own h, w; an op
+        that only rearranges (Reshape, Transpose, Flatten, ...) keeps the grid only when h, w
+        survive it (a layout change, a channel shuffle). So a detection head's anchors
+        reshaped into ``(1, 4, 16, 8400)`` are not a map, however 4-D they look.
+        """
+        if self._grids is None:
+            grids: dict[str, tuple[Dim, Dim]] = {}
+            if self.inputs:
+                shape = self.shape(self.inputs[0])
+                if shape is not None and len(shape) == 4:
+                    nhwc = shape[3] in (1, 3) and shape[1] not in (1, 3)
+                    grids[self.inputs[0]] = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
+            for node in self.nodes:
+                sources = [grids[name] for name in node.input if name in grids]
+                if not sources:
+                    continue
+                for name in node.output:
+                    shape = self.shape(name) if name else None
+                    if not name or shape is None:
+                        if name:
+                            grids[name] = sources[0]
+                        continue
+                    if node.op_type in _REARRANGING_OPS:
+                        kept = _grid_in(shape, sources[0])
+                        if kept is not None:
+                            grids[name] = kept
+                    elif len(shape) == 4:
+                        grids[name] = (
+                            (shape[1], shape[2])
+                            if self.layout(name) == "NHWC"
+                            else (shape[2], shape[3])
+                        )
+            self._grids = grids
+        return self._grids
 
     @property
     def input_copies(self) -> set[str]:
@@ -354,13 +400,15 @@ class GraphIndex:
         return tensor
 
     def feeds_weights(self, tensor: str) -> bool:
-        """True when a Conv, Gemm or MatMul uses ``tensor`` (directly or downstream): a
-        feature map, not an output map only reshaped or activated on its way out."""
+        """True when a Conv, Gemm or MatMul uses ``tensor`` (directly or downstream) while it
+        is still laid out on the image grid: a feature map, not an output map only reshaped or
+        activated on its way out."""
         seen = {tensor}
         stack = [tensor]
         while stack:
-            for j in self.consumers.get(stack.pop(), []):
-                if self.nodes[j].op_type in _WEIGHTED_OPS:
+            current = stack.pop()
+            for j in self.consumers.get(current, []):
+                if self.nodes[j].op_type in _WEIGHTED_OPS and current in self.grids:
                     return True
                 for name in self.nodes[j].output:
                     if name and name not in seen:
@@ -389,6 +437,8 @@ class GraphIndex:
         i = self.producer.get(tensor)
         if i is None or tensor not in self.from_image or tensor in self.input_copies:
             return None
+        if tensor not in self.grids:
+            return None
         if tensor in self.outputs or self.nodes[i].op_type in _ALIASES:
             return None  # what is explained, or the same map under another name
         shape = self.shape(tensor)
@@ -401,6 +451,22 @@ class GraphIndex:
             return None
         node = self.nodes[i]
         return Candidate(node.name, node.op_type, tensor, shape, layout, i)
+
+
+def _grid_in(shape: tuple[Dim, ...], grid: tuple[Dim, Dim]) -> tuple[Dim, Dim] | None:
+    """``grid`` when a rearranged tensor of ``shape`` still holds it as two adjacent axes
+    (last two, or 1 and 2 of a 4-D NHWC tensor); unknown sizes match anything."""
+
+    def same(a: Dim, b: Dim) -> bool:
+        return not isinstance(a, int) or not isinstance(b, int) or a == b
+
+    pairs = [shape[-2:]] if len(shape) >= 2 else []
+    if len(shape) == 4:
+        pairs.append(shape[1:3])
+    for h, w in pairs:
+        if same(h, grid[0]) and same(w, grid[1]):
+            return (h, w)
+    return None
 
 
 def transpose_perm(node: onnx.NodeProto) -> list[int] | None:

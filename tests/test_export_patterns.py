@@ -353,3 +353,32 @@ def test_an_unknown_node_suggests_names_that_contain_it(tmp_path):
     path = save(tmp_path / "named.onnx", nodes, inits)
     with pytest.raises(NodeError, match=r"closest: model/relu4_1/Relu"):
         graph.resolve_node(graph.load_model(path), "relu4")
+
+
+def test_anchors_reshaped_into_4d_are_not_a_map(tmp_path):
+    """YOLOv8's box decoder (DFL): the head's map (N, 64, 8, 8) is reshaped to anchors
+    (N, 64, 64), then to (N, 4, 16, 64), transposed and softmaxed: 4-D with h, w > 1, but
+    no longer laid out on the image, so not a candidate; auto takes the head's conv map."""
+    nodes = [
+        helper.make_node("Conv", ["input", "cw", "cb"], ["conv"], kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1], name="head/conv"),
+        helper.make_node("Relu", ["conv"], ["feat"], name="head/act"),
+        helper.make_node("Conv", ["feat", "bw"], ["box"], kernel_shape=[1, 1], name="head/box"),
+        helper.make_node("Reshape", ["box", "s1"], ["anchors"], name="dfl/flat"),
+        helper.make_node("Reshape", ["anchors", "s2"], ["bins"], name="dfl/Reshape"),
+        helper.make_node("Transpose", ["bins"], ["binsT"], perm=[0, 2, 1, 3], name="dfl/Transpose"),
+        helper.make_node("Softmax", ["binsT"], ["soft"], axis=1, name="dfl/Softmax"),
+        helper.make_node("Conv", ["soft", "dw"], ["dist"], kernel_shape=[1, 1], name="dfl/conv"),
+        helper.make_node("Reshape", ["dist", "s3"], ["logits"], name="out"),
+    ]  # fmt: skip
+    inits = {
+        "cw": w(8, 3, 3, 3), "cb": w(8), "bw": w(64, 8, 1, 1), "dw": w(1, 16, 1, 1),
+        "s1": np.array([0, 64, -1], np.int64), "s2": np.array([0, 4, 16, 64], np.int64),
+        "s3": np.array([0, 4], np.int64),
+    }  # fmt: skip
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", None])
+    path = save(tmp_path / "dfl.onnx", nodes, inits, outputs=[out])
+    model = graph.load_model(path)
+    names = [c.tensor for c in graph.spatial_candidates(model)]
+    assert names == ["conv", "feat", "box"]
+    assert graph.auto_choice(graph.GraphIndex(model)).candidate.tensor == "feat"
