@@ -6,15 +6,14 @@ in RGB order unless ``bgr`` is set (then ``mean``/``std`` are given in BGR order
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from . import ops
 from .errors import ConfigError, ImageError
+from .images import DEFAULT_MAX_PIXELS, image_size_from_header, read_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -29,7 +28,6 @@ __all__ = [
     "to_tensor",
 ]
 
-DEFAULT_MAX_PIXELS = 100_000_000
 MIN_SIDE = 8
 
 
@@ -73,90 +71,6 @@ class InputSpec:
 
     def with_layout(self, layout: str) -> InputSpec:
         return replace(self, layout=layout)
-
-
-def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{path}: image is {width}×{height} = {width * height:,} pixels, above the limit of "
-            f"{max_pixels:,} (raise it with --max-pixels / max_pixels=)"
-        )
-
-
-def image_size_from_header(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from a PNG, JPEG, GIF, BMP or WebP header without decoding."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        w, h = struct.unpack(">II", data[16:24])
-        return int(w), int(h)
-    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        w, h = struct.unpack("<HH", data[6:10])
-        return int(w), int(h)
-    if data[:2] == b"BM" and len(data) >= 26:
-        w, h = struct.unpack("<ii", data[18:26])
-        return abs(int(w)), abs(int(h))
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
-        kind = data[12:16]
-        if kind == b"VP8X":
-            w = 1 + int.from_bytes(data[24:27], "little")
-            h = 1 + int.from_bytes(data[27:30], "little")
-            return w, h
-        if kind == b"VP8 ":
-            w, h = struct.unpack("<HH", data[26:30])
-            return int(w) & 0x3FFF, int(h) & 0x3FFF
-        if kind == b"VP8L":
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_size(data)
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE):
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return int(w), int(h)
-        i += 2 + length
-    return None
-
-
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3), EXIF orientation applied.
-
-    Grayscale becomes three equal channels, alpha is dropped, 16-bit and float images are
-    scaled to 8 bits. The pixel count is checked from the header before decoding.
-
-    Raises:
-        ImageError: missing, empty, unreadable, truncated, too small or too large.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"image not found: {path}")
-    data = path.read_bytes()
-    if not data:
-        raise ImageError(f"{path}: image file is empty")
-    size = image_size_from_header(data)
-    if size is not None:
-        _check_size(path, size[0], size[1], max_pixels)
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:]:
-        raise ImageError(f"{path}: JPEG is truncated (no end-of-image marker)")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    if decoded is None:
-        raise ImageError(
-            f"{path}: not a readable image (or a truncated one); supported: PNG, JPEG, BMP, "
-            "TIFF, WebP and the other formats OpenCV decodes"
-        )
-    _check_size(path, decoded.shape[1], decoded.shape[0], max_pixels)
-    return as_rgb(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), source=str(path))
 
 
 def as_rgb(image: np.ndarray, *, source: str = "image") -> np.ndarray:
