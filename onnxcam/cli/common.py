@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import unicodedata
 from collections.abc import Iterable
@@ -76,18 +77,25 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     return names
 
 
-def collect_images(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; folders expanded to the image files inside them (recursively, sorted)."""
+def collect_images(paths: Iterable[Path], *, exclude: Path | None = None) -> list[Path]:
+    """Files as given; folders expanded, recursively and sorted, to every entry named like an
+    image (FIFOs, devices and broken links included, so that they are reported rather than
+    skipped in silence). Symbolic links to folders are not followed (no loops); nothing under
+    ``exclude`` (the output folder) is taken."""
+    skip = exclude.resolve() if exclude is not None else None
     found: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            found.extend(
-                p
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-        else:
+        if not path.is_dir():
             found.append(path)
+            continue
+        for root, dirs, files in os.walk(path, followlinks=False):
+            here = Path(root)
+            if skip is not None:
+                dirs[:] = [d for d in dirs if (here / d).resolve() != skip]
+            dirs.sort()
+            found.extend(
+                here / name for name in sorted(files) if Path(name).suffix.lower() in IMAGE_SUFFIXES
+            )
     return found
 
 
@@ -203,8 +211,8 @@ def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
     return explainer
 
 
-def image_files(images: tuple[Path, ...]) -> list[Path]:
-    files = collect_images(images)
+def image_files(images: tuple[Path, ...], *, exclude: Path | None = None) -> list[Path]:
+    files = collect_images(images, exclude=exclude)
     if not files:
         raise click.ClickException(safe("no image files found in " + ", ".join(map(str, images))))
     return files
