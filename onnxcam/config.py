@@ -19,6 +19,7 @@ __all__ = [
     "PRESET_KEY",
     "ExplainerConfig",
     "model_name",
+    "model_sha256",
     "normalization",
     "preset_name",
     "validate",
@@ -58,10 +59,22 @@ class ExplainerConfig:
     budget_s: float | None = None
 
 
+def model_sha256(model: str | bytes) -> str:
+    """sha256 of the model's bytes (read from its file, in chunks, when it is a path)."""
+    digest = hashlib.sha256()
+    if isinstance(model, bytes):
+        digest.update(model)
+    else:
+        with open(model, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def model_name(model: str | bytes) -> str:
     """How the record names a model: its path, or ``sha256:...`` of the bytes it came as."""
     if isinstance(model, bytes):
-        return "sha256:" + hashlib.sha256(model).hexdigest()
+        return "sha256:" + model_sha256(model)
     return model
 
 

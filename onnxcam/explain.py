@@ -307,7 +307,14 @@ class Explainer:
         model_outputs = tuple(o.name for o in self.prepared.outputs)
         fetch = tuple(dict.fromkeys((*model_outputs, self.prepared.feature_output)))
         good = [item for item in loaded if isinstance(item, _Loaded)]
-        ran = iter(self.runner.run([Job(1, one_input(item.x), fetch, dict) for item in good]))
+        feature = {
+            self.prepared.feature_output: f"the feature map of node '{self.candidate.label}'"
+        }
+        jobs = [
+            Job(1, one_input(item.x), fetch, dict, what="clean input", labels=feature)
+            for item in good
+        ]
+        ran = iter(self.runner.run(jobs))
         outcomes: list[Forward | OnnxCamError] = []
         for item in loaded:
             if isinstance(item, OnnxCamError):
@@ -409,7 +416,12 @@ class Explainer:
             rows = next(iter(out.values())).shape[0]
             return {"scores": np.stack([checked_scores(t, out, rows) for t in targets], axis=1)}
 
-        return Job(count, inputs, outputs, keep, budget_s, required)
+        return Job(
+            count, inputs, outputs, keep, budget_s, required,
+            what="masked inputs",
+            hint="the clean image scores finitely, so the preprocessing is not the cause: the "
+            "model breaks on masked inputs; try another --node or --baseline",
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- explanations
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,9 @@ class Job:
             of the runs), no more of its rows are taken: its values then have fewer than
             ``count`` rows. It stops between blocks, so it overruns by at most one batch.
         required: rows taken whatever the budget.
+        what: what the rows are, for messages ("masked inputs").
+        labels: names for outputs in messages (e.g. "the feature map of node 'x'").
+        hint: what to try when an output goes NaN or Inf.
     """
 
     count: int
@@ -55,6 +58,9 @@ class Job:
     keep: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
     budget_s: float | None = None
     required: int = 0
+    what: str = "inputs"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    hint: str = "check the preprocessing (--preset/--mean/--std) and that the model is float32-safe"
 
 
 @dataclass(frozen=True)
@@ -132,8 +138,13 @@ class Runner:
         spent = dict.fromkeys(which, 0.0)
         names = sorted({name for i in which for name in jobs[i].outputs})
 
+        bad: dict[int, dict[str, int]] = {i: {} for i in which}
+
         def finish(i: int) -> None:
             values = {k: np.concatenate(v) for k, v in kept.pop(i).items()}
+            if bad[i]:
+                outcomes[i] = _not_finite(jobs[i], bad[i])
+                return
             outcomes[i] = JobResult(values, build[i], spent[i])
 
         for i in which:
@@ -150,14 +161,16 @@ class Runner:
             if n < chunk:
                 batch = np.concatenate([batch, np.repeat(batch[-1:], chunk - n, axis=0)])
             out = self.session.run(batch, names)
-            _check_finite(out, n)
             elapsed = time.perf_counter() - t0
             start = 0
             for i, rows, last in segments:
                 part = {name: out[name][start : start + rows] for name in jobs[i].outputs}
                 t1 = time.perf_counter()
-                for key, value in jobs[i].keep(part).items():
-                    kept[i].setdefault(key, []).append(np.asarray(value))
+                for name, count in _non_finite_rows(part).items():
+                    bad[i][name] = bad[i].get(name, 0) + count
+                if not bad[i]:  # a job that went NaN keeps nothing more; it fails at its end
+                    for key, value in jobs[i].keep(part).items():
+                        kept[i].setdefault(key, []).append(np.asarray(value))
                 spent[i] += elapsed * rows / n + time.perf_counter() - t1
                 start += rows
                 if last:
@@ -219,11 +232,21 @@ def _stack(blocks: list[np.ndarray]) -> np.ndarray:
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
-def _check_finite(outputs: Mapping[str, np.ndarray], rows: int) -> None:
+def _non_finite_rows(outputs: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Per float output, how many rows hold a NaN or an Inf (only those that do)."""
+    counts = {}
     for name, value in outputs.items():
-        real = value[:rows]
-        if np.issubdtype(real.dtype, np.floating) and not np.isfinite(real).all():
-            raise NumericalError(
-                f"model output '{name}' contains NaN or Inf; check the preprocessing "
-                "(--preset/--mean/--std) and that the model is float32-safe"
-            )
+        if np.issubdtype(value.dtype, np.floating) and len(value):
+            rows = int((~np.isfinite(value.reshape(len(value), -1))).any(axis=1).sum())
+            if rows:
+                counts[name] = rows
+    return counts
+
+
+def _not_finite(job: Job, counts: Mapping[str, int]) -> NumericalError:
+    """What went NaN or Inf, for how many of the job's inputs, and what to try."""
+    what = ", ".join(
+        f"{job.labels.get(name, f'model output {name!r}')} in {rows} of {job.count}"
+        for name, rows in counts.items()
+    )
+    return NumericalError(f"NaN or Inf in {what} {job.what}; {job.hint}")

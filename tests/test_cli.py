@@ -19,6 +19,7 @@ from conftest import SIZE, build_tiny, nan_weights, tiny_weights
 from onnxcam.cli import cli
 
 OUTPUT_FILES = ("{}.json", "{}.npy", "{}_overlay.png", "{}_saliency.png")
+RUN_FILES = ("results.jsonl", "run.json")  # every run: its records and its settings
 RECORD_KEYS = {
     "model", "node", "tensor", "class_index", "label", "score", "top5", "method",
     "channels_total", "channels_used", "channels_skipped", "provider", "timings",
@@ -220,7 +221,7 @@ def test_max_pixels_lowers_and_raises_the_limit(inputs: Path, out: Path) -> None
     assert f"{SIZE}×{SIZE}" in line
     result = explain(inputs / "model.onnx", good, out=out, extra=("--max-pixels", str(SIZE * SIZE)))
     assert result.exit_code == 0, result.output
-    assert files_in(out) == sorted(f.format("good") for f in OUTPUT_FILES)
+    assert files_in(out) == sorted([*(f.format("good") for f in OUTPUT_FILES), *RUN_FILES])
 
 
 # ----------------------------------------------------------------------------- bad output
@@ -259,12 +260,15 @@ def test_folder_run_skips_the_bad_image_and_explains_the_rest(
     assert_clear_failure(result, "broken.png", "not a readable image")
     assert "Traceback" not in result.output
     assert snapshot(inputs) == before
-    expected = sorted([*(f.format(s) for s in ("a", "b") for f in OUTPUT_FILES), "results.jsonl"])
+    expected = sorted([*(f.format(s) for s in ("a", "b") for f in OUTPUT_FILES), *RUN_FILES])
     assert files_in(out) == expected
     lines = (out / "results.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
-    assert len(records) == 2
-    assert sorted(Path(r["source"]).name for r in records) == ["a.png", "b.png"]
+    assert [r["status"] for r in records] == ["ok", "ok", "error"]  # a, b, broken, in order
+    assert sorted(Path(r["source"]).name for r in records[:2]) == ["a.png", "b.png"]
+    assert (
+        records[2]["error_type"] == "ImageError" and "not a readable image" in records[2]["error"]
+    )
 
 
 # ----------------------------------------------------------------------------- good runs
@@ -291,7 +295,7 @@ def test_explain_one_image_writes_four_files_and_a_full_record(
     result = explain(inputs / "model.onnx", inputs / "good.png", out=out)
     assert result.exit_code == 0, result.output
     assert snapshot(inputs) == before
-    assert files_in(out) == sorted(f.format("good") for f in OUTPUT_FILES)
+    assert files_in(out) == sorted([*(f.format("good") for f in OUTPUT_FILES), *RUN_FILES])
     record = json.loads((out / "good.json").read_text(encoding="utf-8"))
     assert set(record) >= RECORD_KEYS
     assert {"activation_s", "masked_s", "total_s"} <= set(record["timings"])
@@ -393,7 +397,7 @@ def test_several_targets_write_numbered_files_and_one_record_per_image(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     tagged = [f"good_t{i}{s}" for i in range(3) for s in ("_overlay.png", "_saliency.png", ".npy")]
-    assert files_in(out) == sorted(["good.json", *tagged])
+    assert files_in(out) == sorted(["good.json", *tagged, *RUN_FILES])
     record = json.loads((out / "good.json").read_text(encoding="utf-8"))
     assert [t["kind"] for t in record["targets"]] == ["top", "top", "index"]
     assert [t["files"]["overlay"] for t in record["targets"]] == [

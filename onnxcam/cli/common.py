@@ -16,6 +16,7 @@ from .. import preprocess
 from ..errors import OnnxCamError
 from ..explain import Explainer
 from ..methods.scorecam import BASELINES, COMPAT, RANKS
+from ..outdir import is_output_folder, recorded_files
 from ..runtime import DEVICES
 from ..targets import TargetSpec, load_target_file, parse_target
 
@@ -80,9 +81,11 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 def collect_images(paths: Iterable[Path], *, exclude: Path | None = None) -> list[Path]:
     """Files as given; folders expanded, recursively and sorted, to every entry named like an
     image (FIFOs, devices and broken links included, so that they are reported rather than
-    skipped in silence). Symbolic links to folders are not followed (no loops); nothing under
-    ``exclude`` (the output folder) is taken."""
+    skipped in silence). Symbolic links to folders are not followed (no loops). Outputs are
+    never inputs: nothing under ``exclude`` (the output folder, when it lies inside an input
+    folder) is taken, nor any file that an onnxcam run recorded in a folder on the way."""
     skip = exclude.resolve() if exclude is not None else None
+    written: set[Path] = set()
     found: list[Path] = []
     for path in paths:
         if not path.is_dir():
@@ -90,11 +93,16 @@ def collect_images(paths: Iterable[Path], *, exclude: Path | None = None) -> lis
             continue
         for root, dirs, files in os.walk(path, followlinks=False):
             here = Path(root)
+            if is_output_folder(here):
+                written |= recorded_files(here)
             if skip is not None:
                 dirs[:] = [d for d in dirs if (here / d).resolve() != skip]
             dirs.sort()
             found.extend(
-                here / name for name in sorted(files) if Path(name).suffix.lower() in IMAGE_SUFFIXES
+                here / name
+                for name in sorted(files)
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES
+                and (here / name).resolve() not in written
             )
     return found
 

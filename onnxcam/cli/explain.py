@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..config import model_sha256
 from ..errors import OnnxCamError
-from ..render import ensure_dir, write_atomic
-from ..result import Result
+from ..explain import Explainer
+from ..outdir import OutputFolder, relative_stems
+from ..result import Result, file_names, version
+from ..targets import TargetSpec
 from .common import (
     echo,
     explainer_options,
@@ -19,7 +23,6 @@ from .common import (
     image_files,
     open_explainer,
     report_error,
-    stems,
     target_specs,
 )
 
@@ -45,6 +48,34 @@ def _report(path: Path, result: Result, paths: dict[str, Path]) -> None:
         echo(f"  t{i}: {target.info['summary']} -> {paths[f't{i}_overlay'].name}")
 
 
+def run_settings(
+    explainer: Explainer, targets: list[TargetSpec] | None, alpha: float
+) -> dict[str, Any]:
+    """What decides the contents of a run's files (see :mod:`onnxcam.outdir`)."""
+    config = explainer.config
+    return {
+        "model_sha256": model_sha256(config.model),
+        "node": explainer.candidate.tensor,
+        "method": explainer.method.name,
+        "method_options": explainer.method.options(),
+        "preprocess": asdict(explainer.norm),
+        "input": [explainer.spec.height, explainer.spec.width, explainer.spec.layout],
+        "targets": None if targets is None else [t.spec for t in targets],
+        "labels": config.labels,
+        "fp16": config.fp16,
+        "alpha": alpha,
+        "onnxcam_version": version(),
+    }
+
+
+def _names(targets: int, overlay: bool) -> Callable[[str], list[str]]:
+    def names(stem: str) -> list[str]:
+        files = file_names(stem, targets, overlay=overlay)
+        return [f"{stem}.json", *(name for f in files for name in f.values())]
+
+    return names
+
+
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -65,31 +96,61 @@ def _report(path: Path, result: Result, paths: dict[str, Path]) -> None:
     show_default=True,
     help="Weight of the heat map in the overlay.",
 )
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run in -o: skip images already explained with the same settings "
+    "(what a rerun does anyway; refuses a folder made with other settings).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the results in -o, even those made with other settings.",
+)
 def explain(
-    model: Path, images: tuple[Path, ...], out_dir: Path, alpha: float, **options: Any
+    model: Path,
+    images: tuple[Path, ...],
+    out_dir: Path,
+    alpha: float,
+    resume: bool,
+    overwrite: bool,
+    **options: Any,
 ) -> None:
-    """Explain IMAGES (files or folders) with Score-CAM; write maps and records to -o."""
+    """Explain IMAGES (files or folders) with Score-CAM; write maps and records to -o.
+
+    A rerun into the same folder continues where the last one stopped; files are never
+    overwritten unless --overwrite.
+    """
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
     targets = target_specs(options)
-    files = image_files(images)
+    files = image_files(images, exclude=out_dir)
     explainer = open_explainer(model, options)
-    ensure_dir(out_dir)
-    failures = 0
-    records = []
-    show_bar = len(files) > 1
-    names = stems(files)
-    outcomes = explainer.explain_many(files, target=targets)
-    with click.progressbar(
-        outcomes, length=len(files), label="explaining", file=sys.stderr, hidden=not show_bar
-    ) as bar:
-        for path, stem, (_, result) in zip(files, names, bar, strict=True):
-            if isinstance(result, OnnxCamError):
-                failures += 1
-                report_error(result, show_bar)
-                continue
-            paths = result.save(out_dir, stem=stem, alpha=alpha)
-            records.append(result.to_record(stem=stem))
-            _report(path, result, paths)
-    if len(files) > 1:
-        lines = "".join(json.dumps(r) + "\n" for r in records)
-        write_atomic(out_dir / "results.jsonl", lines.encode())
-    finish(failures, len(files))
+    settings = run_settings(explainer, targets, alpha)
+    stems = dict(zip(files, relative_stems(files), strict=True))
+    with OutputFolder(out_dir, settings=settings, inputs=files, overwrite=overwrite) as folder:
+        todo = [path for path in files if not folder.is_finished(path)]
+        if len(todo) < len(files):
+            skipped = len(files) - len(todo)
+            echo(f"{skipped} already explained, skipped; --overwrite to redo", err=True)
+        failures = 0
+        show_bar = len(todo) > 1
+        outcomes = explainer.explain_many(todo, target=targets)
+        with click.progressbar(
+            outcomes, length=len(todo), label="explaining", file=sys.stderr, hidden=not show_bar
+        ) as bar:
+            for path, (_, result) in zip(todo, bar, strict=True):
+                if isinstance(result, OnnxCamError):
+                    failures += 1
+                    report_error(result, show_bar)
+                    folder.record(
+                        {"status": "error", "source": str(path),
+                         "error_type": type(result).__name__, "error": str(result)}
+                    )  # fmt: skip
+                    continue
+                names = _names(len(result.targets), result.image is not None)
+                stem = folder.claim(stems[path], names)
+                paths = result.save(out_dir, stem=stem, alpha=alpha)
+                folder.record({"status": "ok", **result.to_record(stem=stem)})
+                _report(path, result, paths)
+    finish(failures, len(todo))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
@@ -33,14 +35,32 @@ def ensure_dir(path: Path) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so no reader sees half a file."""
+    """Write ``data`` to ``path`` through a temporary file, so no reader sees half a file.
+
+    The file gets the permissions the umask allows (``mkstemp`` alone would make it 0600), and
+    the temporary file is removed whatever interrupts the write (an error, Ctrl-C).
+    """
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it (the only way), then put it back
+    os.umask(mask)
+    return mask
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -91,6 +111,8 @@ def write_explanation(
         for path in paths.values():
             if path.resolve() == original:
                 raise OutputError(f"refusing to overwrite the input image {source}")
+    for path in paths.values():
+        ensure_dir(path.parent)  # stems may mirror the inputs' folders
     for saliency, files in zip(maps, names, strict=True):
         if image is not None:
             write_atomic(out_dir / files["overlay"], _png(overlay(image, saliency, alpha=alpha)))

@@ -1,0 +1,268 @@
+"""An output folder that a run owns: unique names, one writer at a time, resumable, append-only.
+
+- **Names.** Each input gets a stem from its path relative to the inputs' common folder, so
+  folders are mirrored (``a/x.png`` and ``b/x.png`` become ``a/x`` and ``b/x``); if two inputs
+  still meet (``x.png`` and ``x.jpg``) the later one gets ``_2``, ``_3``, ... Before an image's
+  files are written, none of them may be an input, a file that was in the folder before the run
+  (other than this folder's own earlier results), or a file this run already wrote; otherwise
+  the stem is bumped again.
+- **One writer.** ``.onnxcam.lock`` is locked (``flock``) for the run; the kernel drops the lock
+  when the process dies, so a crashed run never blocks the next.
+- **Same settings, or say so.** ``run.json`` holds the fingerprint of what decides the files'
+  contents: the model file's sha256, the node, method and its options, preprocessing, targets,
+  render options and the onnxcam version (not threads, batch size or device, which change
+  nothing but speed). A folder made with another fingerprint is refused unless ``overwrite``.
+- **Resume.** ``results.jsonl`` gets one line per image as soon as its files are written
+  (``{"status": "ok", ...record}`` or ``{"status": "error", ...}``), in one ``write`` and
+  flushed; a rerun with the same fingerprint skips the images whose line is ``ok`` and whose
+  files are all there, and appends the rest to the same file. Lines cut by a kill are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+from .render import ensure_dir
+
+__all__ = [
+    "LOCK_NAME",
+    "MANIFEST",
+    "RESULTS",
+    "OutputFolder",
+    "fingerprint",
+    "is_output_folder",
+    "recorded_files",
+    "relative_stems",
+]
+
+MANIFEST = "run.json"
+RESULTS = "results.jsonl"
+LOCK_NAME = ".onnxcam.lock"
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """sha256 of the settings as canonical JSON."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def relative_stems(inputs: Sequence[Path]) -> list[str]:
+    """Stems that mirror the inputs' folders below their common folder; duplicates get
+    ``_2``, ``_3``, ... (never equal to another input's stem)."""
+    if not inputs:
+        return []
+    parents = [str(p.resolve().parent) for p in inputs]
+    root = Path(os.path.commonpath(parents))
+    natural = []
+    for path in inputs:
+        rel = path.resolve().parent.relative_to(root) / (path.stem or "image")
+        natural.append(rel.as_posix())
+    taken: set[str] = set()
+    reserved = set(natural)
+    stems = []
+    for stem in natural:
+        chosen, n = stem, 1
+        while chosen in taken or (chosen != stem and chosen in reserved):
+            n += 1
+            chosen = f"{stem}_{n}"
+        taken.add(chosen)
+        stems.append(chosen)
+    return stems
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+        if isinstance(value, dict):
+            lines.append(value)
+    return lines
+
+
+def is_output_folder(folder: Path) -> bool:
+    """``folder`` holds an onnxcam run's ``run.json`` and ``results.jsonl``."""
+    return (folder / MANIFEST).is_file() and (folder / RESULTS).is_file()
+
+
+def recorded_files(folder: Path) -> set[Path]:
+    """The files that earlier runs wrote into ``folder`` (from its ``results.jsonl``)."""
+    return {
+        (folder / name).resolve()
+        for record in _read_results(folder / RESULTS)
+        for name in _files_of(record)
+    }
+
+
+def _files_of(record: Mapping[str, Any]) -> list[str]:
+    names = list((record.get("files") or {}).values())
+    for target in record.get("targets") or []:
+        names += list((target.get("files") or {}).values())
+    return [n for n in dict.fromkeys(names) if isinstance(n, str)]
+
+
+class OutputFolder:
+    """The output folder of one run (use as a context manager; see the module docstring).
+
+    Args:
+        path: the folder.
+        settings: what decides the files' contents (see :func:`fingerprint`).
+        inputs: the run's input files (never overwritten).
+        overwrite: replace results made with other settings, and redo finished images.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        settings: Mapping[str, Any],
+        inputs: Iterable[Path],
+        overwrite: bool = False,
+    ) -> None:
+        self.path = path
+        self.settings = dict(settings)
+        self.fingerprint = fingerprint(settings)
+        self.inputs = [Path(p) for p in inputs]
+        self.overwrite = overwrite
+        self.finished: dict[str, dict[str, Any]] = {}
+        self._protected: set[Path] = set()
+        self._written: set[Path] = set()
+        self._lock: int | None = None
+        self._results: Any = None
+        self._kept = False
+
+    def __enter__(self) -> OutputFolder:
+        ensure_dir(self.path)
+        self._acquire()
+        try:
+            self._open()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._results is not None:
+            self._results.close()
+        if not self.finished and not self._kept:  # nothing worth resuming: leave no trace
+            for name in (MANIFEST, RESULTS):
+                (self.path / name).unlink(missing_ok=True)
+        self._release()
+
+    def _acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): runs are not guarded against each other
+            return
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputError(
+                f"another onnxcam run is writing to {self.path}; wait for it to finish or use "
+                "another -o"
+            ) from None
+        self._lock = fd
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            (self.path / LOCK_NAME).unlink(missing_ok=True)
+            os.close(self._lock)
+            self._lock = None
+
+    def _open(self) -> None:
+        manifest = self.path / MANIFEST
+        results = self.path / RESULTS
+        previous = _read_results(results)
+        before: dict[str, Any] = {}
+        if manifest.is_file():
+            try:
+                before = json.loads(manifest.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                before = {}
+        made_before = manifest.is_file() or results.is_file()
+        same = before.get("fingerprint") == self.fingerprint
+        if made_before and not same and not self.overwrite:
+            raise OutputError(
+                f"{self.path} holds results made with other settings "
+                f"({_difference(before.get('settings'), self.settings)}); use --overwrite to "
+                "replace them, or a fresh -o"
+            )
+        ours = {self.path / name for record in previous for name in _files_of(record)}
+        if self.overwrite:
+            for file in ours:
+                if file.is_file() and file.resolve() not in {p.resolve() for p in self.inputs}:
+                    file.unlink()
+            results.unlink(missing_ok=True)
+            previous = []
+        else:
+            for record in previous:
+                names = _files_of(record)
+                done = record.get("status") == "ok" and names
+                if done and all((self.path / n).is_file() for n in names):
+                    self.finished[str(record.get("source"))] = record
+        self._protected = {p.resolve() for p in self.inputs}
+        for file in self.path.rglob("*"):
+            if (
+                file.is_file()
+                and file not in ours
+                and file.name not in (LOCK_NAME, MANIFEST, RESULTS)
+            ):
+                self._protected.add(file.resolve())
+        for record in self.finished.values():
+            self._written |= {(self.path / n).resolve() for n in _files_of(record)}
+        text = json.dumps({"fingerprint": self.fingerprint, "settings": self.settings}, indent=2)
+        tmp = manifest.with_name(f".{MANIFEST}.part")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, manifest)
+        self._results = open(results, "a+", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        if self._results.tell():
+            self._results.seek(self._results.tell() - 1)
+            if self._results.read(1) != "\n":  # a line cut by a kill: end it, it stays ignored
+                self._results.write("\n")
+
+    def is_finished(self, source: Path) -> bool:
+        """An earlier run with the same settings explained ``source`` completely."""
+        return str(source) in self.finished
+
+    def claim(self, stem: str, names: Callable[[str], Iterable[str]]) -> str:
+        """A stem for which none of ``names(stem)`` (the files an image will write) would
+        replace an input, a file that was here before the run (not this folder's own
+        results), or a file this run wrote; ``stem`` itself when it is free, else ``stem_2``,
+        ``stem_3``, ..."""
+        n = 1
+        chosen = stem
+        while True:
+            paths = {(self.path / name).resolve() for name in names(chosen)}
+            if not paths & (self._protected | self._written):
+                self._written |= paths
+                return chosen
+            n += 1
+            chosen = f"{stem}_{n}"
+
+    def record(self, line: Mapping[str, Any]) -> None:
+        """Append one line to ``results.jsonl`` in a single write, flushed to disk."""
+        text = json.dumps(line) + "\n"
+        self._kept = self._kept or line.get("status") == "ok"
+        self._results.write(text)
+        self._results.flush()
+        os.fsync(self._results.fileno())
+
+
+def _difference(before: Any, now: Mapping[str, Any]) -> str:
+    if not isinstance(before, Mapping):
+        return "made by an unknown run"
+    now = json.loads(json.dumps(now, default=str))  # compare as stored
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    return "differing in " + ", ".join(changed[:4]) if changed else "differing"
