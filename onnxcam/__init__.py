@@ -11,6 +11,7 @@ from .errors import (
     OnnxCamError,
     OutputError,
     TargetError,
+    TimeLimitError,
 )
 from .explain import Explainer, Forward
 from .methods import COMPAT, METHODS, ScoreCamOptions
@@ -39,6 +40,7 @@ __all__ = [
     "ScoreCamOptions",
     "TargetError",
     "TargetResult",
+    "TimeLimitError",
     "__version__",
     "parse_target",
 ]

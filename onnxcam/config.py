@@ -57,6 +57,7 @@ class ExplainerConfig:
     providers: tuple[ProviderSpec, ...] | None = None
     session_options: dict[str, Any] | None = None
     budget_s: float | None = None
+    time_limit_s: float | None = None
 
 
 def model_sha256(model: str | bytes) -> str:
@@ -105,6 +106,8 @@ def validate(config: ExplainerConfig) -> None:
         raise ConfigError(f"size must be positive, got {config.size}")
     if config.budget_s is not None and not config.budget_s > 0:
         raise ConfigError(f"the time budget must be positive seconds, got {config.budget_s}")
+    if config.time_limit_s is not None and not config.time_limit_s > 0:
+        raise ConfigError(f"the time limit must be positive seconds, got {config.time_limit_s}")
     if config.providers is not None and config.device != "auto":
         raise ConfigError("pass either a device or a list of execution providers, not both")
 

@@ -12,6 +12,7 @@ __all__ = [
     "OnnxCamError",
     "OutputError",
     "TargetError",
+    "TimeLimitError",
 ]
 
 
@@ -49,3 +50,7 @@ class ConfigError(OnnxCamError):
 
 class TargetError(OnnxCamError):
     """A target did not turn a batch of outputs into one finite score per sample."""
+
+
+class TimeLimitError(OnnxCamError):
+    """An image's passes took longer than the time limit (the model may never finish)."""

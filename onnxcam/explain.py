@@ -119,6 +119,9 @@ class Explainer:
         budget_s: seconds per image: anytime Score-CAM runs the most promising masks first
             and stops when the time is spent (the record says how many ran and estimates how
             close the map is to the exact one).
+        time_limit_s: seconds an image's passes may take in all; a model that runs longer
+            (one that never finishes) is stopped and the image fails with a
+            :class:`TimeLimitError`.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Explainer:
         providers: Sequence[ProviderSpec] | None = None,
         session_options: Any = None,
         budget_s: float | None = None,
+        time_limit_s: float | None = None,
     ) -> None:
         if compat is not None:
             if options is not None:
@@ -182,6 +186,7 @@ class Explainer:
             providers=None if providers is None else tuple(providers),
             session_options=None if session_options is None else session_settings(session_options),
             budget_s=budget_s,
+            time_limit_s=time_limit_s,
         )
         self._build(config)
 
@@ -206,7 +211,12 @@ class Explainer:
         )
         self.prepared: Prepared = prepare(config)
         self.notes: list[str] = list(self.prepared.notes)
-        self.runner = Runner(self.session, batch=self.batch_size(), fixed=self.max_batch)
+        self.runner = Runner(
+            self.session,
+            batch=self.batch_size(),
+            fixed=self.max_batch,
+            time_limit=config.time_limit_s,
+        )
         self._references: dict[str, dict[str, np.ndarray]] = {}
 
     # The prepared model, under the names the API has always had.

@@ -29,6 +29,7 @@ __all__ = [
 
 # Masked passes per run. On CPU the per-image time is flat from about 8 to 64 while memory
 # grows linearly (tools/bench.py --sweep, BENCHMARKS.md); a GPU wants larger batches.
+MAX_SIDE = 16_384  # pixels a side of a model input (larger sizes are corrupt or hostile)
 CPU_BATCH = 16
 CUDA_BATCH = 64
 ACTIVATION_BUDGET = 256 * 2**20  # bytes of intermediate tensors per run
@@ -74,7 +75,13 @@ def input_spec(
             f"model input '{name}' has shape {shape}; an image input of rank 4, "
             "(N, C, H, W) or (N, H, W, C), is needed"
         )
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+    except (KeyError, ValueError, TypeError):
+        raise ModelError(
+            f"model input '{name}' has element type {elem}, which is no numeric ONNX type; a "
+            "float or integer image tensor is needed"
+        ) from None
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise ModelError(f"model input '{name}' has type {dtype}; a numeric image tensor is needed")
     layout = layout or guess_layout(index, name, shape)
@@ -87,7 +94,14 @@ def input_spec(
         )
     if size is not None:
         height, width = size
+        if max(size) > MAX_SIDE:
+            raise ConfigError(f"size {size[0]}x{size[1]} is above {MAX_SIDE} pixels a side")
     elif isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+        if max(h, w) > MAX_SIDE:
+            raise ModelError(
+                f"model input '{name}' is {h}×{w} pixels; onnxcam takes inputs up to {MAX_SIDE} "
+                "pixels a side"
+            )
         height, width = h, w
     elif default_size is not None:
         height, width = default_size
@@ -219,8 +233,9 @@ def default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> in
     return max(1, min(wanted, ACTIVATION_BUDGET // per_image))
 
 
-def batch_consistent(session: Session, spec: InputSpec) -> bool:
-    """Prove a freed batch dimension: a batch of two equals two single runs."""
+def batch_consistent(session: Session, spec: InputSpec, *, time_limit: float | None = None) -> bool:
+    """Prove a freed batch dimension: a batch of two equals two single runs (each run within
+    ``time_limit`` seconds, so a model that never finishes cannot hang the probe)."""
     rng = np.random.default_rng(0)
     shape = (1, spec.channels, spec.height, spec.width)
     if spec.layout == "NHWC":
@@ -231,8 +246,8 @@ def batch_consistent(session: Session, spec: InputSpec) -> bool:
         a = rng.integers(0, 256, shape).astype(spec.dtype)
         b = rng.integers(0, 256, shape).astype(spec.dtype)
     try:
-        both = session.run(np.concatenate([a, b]))
-        single = [session.run(a), session.run(b)]
+        both = session.run(np.concatenate([a, b]), time_limit=time_limit)
+        single = [session.run(a, time_limit=time_limit), session.run(b, time_limit=time_limit)]
     except Exception:
         return False
     for name, value in both.items():

@@ -10,7 +10,7 @@ import onnx
 from . import graph, modelinfo
 from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
 from .errors import ModelError
-from .labels import labels_from_metadata, load_labels
+from .labels import LabelError, labels_from_metadata, load_labels
 from .preprocess import InputSpec, Normalization
 from .runtime import Session, installed_runtimes
 from .targets import OutputInfo
@@ -91,7 +91,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
         exposed = graph.expose(model, candidate.tensor, index)
         feature_output = candidate.tensor
     session, fixed = _open_session(exposed, index, spec, config, notes)
-    labels = _labels(config.labels, metadata)
+    labels = _labels(config.labels, metadata, notes)
     default_batch = modelinfo.default_batch(index, spec, session.info.provider)
     shape = index.shape(spec.name) or ()
     dynamic = not all(isinstance(d, int) for d in shape[1:])
@@ -147,7 +147,7 @@ def _open_session(
     if changed:
         try:
             session = _session(dynamic, config)
-            if modelinfo.batch_consistent(session, spec):
+            if modelinfo.batch_consistent(session, spec, time_limit=config.time_limit_s):
                 return session, None
         except ModelError:
             pass
@@ -168,9 +168,15 @@ def _session(model: onnx.ModelProto, config: ExplainerConfig) -> Session:
     )
 
 
-def _labels(spec: str | tuple[str, ...] | None, metadata: dict[str, str]) -> list[str] | None:
+def _labels(
+    spec: str | tuple[str, ...] | None, metadata: dict[str, str], notes: list[str]
+) -> list[str] | None:
     if isinstance(spec, tuple):
         return list(spec)
     if spec is not None:
         return load_labels(spec)
-    return labels_from_metadata(metadata)
+    try:
+        return labels_from_metadata(metadata)
+    except LabelError as exc:
+        notes.append(f"the model's labels are left out: {exc} (pass --labels FILE)")
+        return None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, NumericalError, OnnxCamError, OutputError
+from .errors import ConfigError, NumericalError, OnnxCamError, OutputError, TimeLimitError
 from .runtime import Session
 
 __all__ = ["Job", "JobResult", "Runner", "chunk_size", "one_input"]
@@ -95,12 +95,22 @@ class Runner:
         batch: rows per run at most.
         fixed: the model's batch dimension when it is fixed; every run then has exactly
             that many rows.
+        time_limit: seconds each job's rows may take in all (a run that would go past it is
+            stopped, and the job fails with a :class:`TimeLimitError`).
     """
 
-    def __init__(self, session: Session, *, batch: int, fixed: int | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        batch: int,
+        fixed: int | None = None,
+        time_limit: float | None = None,
+    ) -> None:
         self.session = session
         self.batch = max(1, fixed or batch)
         self.fixed = fixed
+        self.time_limit = time_limit
 
     def run(self, jobs: Sequence[Job]) -> list[JobResult | OnnxCamError]:
         """Each job's values, or the error that its rows raised, in job order.
@@ -160,7 +170,16 @@ class Runner:
             n = batch.shape[0]
             if n < chunk:
                 batch = np.concatenate([batch, np.repeat(batch[-1:], chunk - n, axis=0)])
-            out = self.session.run(batch, names)
+            limit = None
+            if self.time_limit is not None:
+                limit = min(self.time_limit - build[i] - spent[i] for i, _, _ in segments)
+                if limit <= 0:
+                    raise TimeLimitError(
+                        f"an image's passes took longer than the time limit of "
+                        f"{self.time_limit:.3g} s; raise --time-limit if it is only slow"
+                    )
+            deadline = {} if limit is None else {"time_limit": limit}
+            out = self.session.run(batch, names, **deadline)
             elapsed = time.perf_counter() - t0
             start = 0
             for i, rows, last in segments:

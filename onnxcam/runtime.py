@@ -7,13 +7,14 @@ import ctypes
 import importlib.metadata
 import io
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DeviceError, ModelError
+from .errors import ConfigError, DeviceError, ModelError, TimeLimitError
 
 __all__ = [
     "DEVICES",
@@ -255,20 +256,48 @@ class Session:
         self.inputs = self._session.get_inputs()
         self.output_names = [o.name for o in self._session.get_outputs()]
 
-    def run(self, feed: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        feed: np.ndarray,
+        outputs: Sequence[str] | None = None,
+        *,
+        time_limit: float | None = None,
+    ) -> dict[str, np.ndarray]:
         """Run one batch through the first input; return the named outputs.
 
-        Callers that explain images use :class:`onnxcam.runner.Runner`, which batches, pads
-        and checks the values; this is the bare call.
+        With ``time_limit`` (seconds), a watchdog sets ONNX Runtime's ``RunOptions.terminate``
+        when the time is up, and the run stops with a :class:`TimeLimitError`. Callers that
+        explain images use :class:`onnxcam.runner.Runner`, which batches, pads and checks the
+        values; this is the bare call.
         """
         names = list(outputs or self.output_names)
+        options = None
+        watchdog = None
+        if time_limit is not None:
+            options = import_ort().RunOptions()
+            options.log_severity_level = _QUIET
+            watchdog = threading.Timer(max(0.0, time_limit), _terminate, (options,))
+            watchdog.daemon = True
+            watchdog.start()
         try:
-            values = self._session.run(names, {self.inputs[0].name: feed})
+            values = self._session.run(names, {self.inputs[0].name: feed}, options)
         except Exception as exc:
+            if options is not None and options.terminate:
+                raise TimeLimitError(
+                    f"the model did not finish within the time limit ({time_limit:.3g} s left "
+                    "for this image); raise --time-limit if it is only slow"
+                ) from exc
             raise ModelError(
                 f"ONNX Runtime failed on an input of shape {tuple(feed.shape)}: {_first_line(exc)}"
             ) from exc
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         return dict(zip(names, values, strict=True))
+
+
+def _terminate(options: Any) -> None:
+    options.terminate = True
 
 
 def _first_line(exc: BaseException) -> str:

@@ -156,6 +156,9 @@ _EXPLAINER_OPTIONS = [
                  metavar="SECONDS",
                  help="Anytime Score-CAM: run the most promising masks first and stop after "
                       "this many seconds per image (the record estimates the fidelity)."),
+    click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True),
+                 metavar="SECONDS",
+                 help="Stop an image whose passes take longer (a model that never finishes)."),
     click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run."),
     click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
@@ -210,6 +213,7 @@ def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
         device=options["device"],
         providers=options["providers"],
         budget_s=options["budget_s"],
+        time_limit_s=options["time_limit_s"],
         fp16=options["fp16"],
         labels=options["labels_file"],
         max_pixels=options["max_pixels"],
