@@ -143,6 +143,13 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
         raise ModelError(f"model path is not a file: {path} (expected an .onnx file)")
     if path.stat().st_size == 0:
         raise ModelError(f"model file is empty: {path} (expected an ONNX model)")
+    # The checker reads the file itself, before the model is loaded: checking the loaded
+    # proto would serialize it again, and either way would hold the weights a third time.
+    try:
+        onnx.checker.check_model(str(path))
+        failed: Exception | None = None
+    except Exception as exc:
+        failed = exc
     try:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:  # protobuf DecodeError, missing external data, path checks
@@ -150,24 +157,31 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
             f"cannot read {path} as an ONNX model ({type(exc).__name__}: {_first_line(exc)}); "
             "is the file complete and exported with torch.onnx/tf2onnx/paddle2onnx?"
         ) from exc
-    return _checked(model, str(path))
+    return _checked(model, str(path), check=False, failed=failed)
 
 
 def _is_external(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
-def _checked(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+def _checked(
+    model: onnx.ModelProto, name: str, *, check: bool = True, failed: Exception | None = None
+) -> onnx.ModelProto:
+    """The model, once it has a graph and passes the ONNX checker (run here with ``check``;
+    ``failed``: what the checker said of the file when it was checked from there)."""
     if len(model.graph.node) == 0 or len(model.graph.input) == 0 or len(model.graph.output) == 0:
         raise ModelError(
             f"{name} is not a usable ONNX model: its graph has "
             f"{len(model.graph.node)} nodes, {len(model.graph.input)} inputs and "
             f"{len(model.graph.output)} outputs (the file may be truncated or not ONNX)"
         )
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ModelError(f"{name} fails the ONNX checker: {_first_line(exc)}") from exc
+    if check:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as exc:
+            failed = exc
+    if failed is not None:
+        raise ModelError(f"{name} fails the ONNX checker: {_first_line(failed)}") from failed
     return model
 
 
@@ -190,16 +204,66 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _fold_constant_aliases(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy where Identity and Cast nodes of constants are Constant nodes themselves.
+_SKELETON_LIMIT = 4096  # elements: tensors larger than this are weights, not shapes or axes
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= int(dim)
+    return count
+
+
+def _stripped(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    out = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type)
+    out.dims.extend(tensor.dims)
+    return out
+
+
+def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
+    """The model without the data of its large tensors (weights), and their names.
+
+    Everything that reading the graph needs stays: nodes, shapes, types, and the values of
+    small tensors (Reshape shapes, axes, scales). Reading a 2 GB model then costs kilobytes.
+    """
+    out = onnx.ModelProto(ir_version=model.ir_version)
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    source, graph = model.graph, out.graph
+    graph.name = source.name
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    graph.sparse_initializer.extend(source.sparse_initializer)
+    stripped: set[str] = set()
+    for init in source.initializer:
+        if _elements(init) <= _SKELETON_LIMIT:
+            graph.initializer.append(init)
+        else:
+            graph.initializer.append(_stripped(init))
+            stripped.add(init.name)
+    for node in source.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type != "Constant" or value is None or _elements(value) <= _SKELETON_LIMIT:
+            graph.node.append(node)
+            continue
+        light = onnx.helper.make_node("Constant", [], list(node.output), name=node.name)
+        light.attribute.add().CopyFrom(onnx.helper.make_attribute("value", _stripped(value)))
+        graph.node.append(light)
+        stripped.update(node.output)
+    return out, stripped
+
+
+def _fold_constant_aliases(model: onnx.ModelProto, stripped: set[str]) -> onnx.ModelProto:
+    """A copy where Identity and Cast nodes of (small) constants are Constant nodes themselves.
 
     Shape inference cannot see through them (paddle2onnx writes ``Constant -> Identity``
     as the shape of every Reshape), and then loses every shape after the first one.
     """
     out = _copy(model)
-    known = {init.name: init for init in out.graph.initializer}
+    known = {init.name: init for init in out.graph.initializer if init.name not in stripped}
     for i, node in enumerate(out.graph.node):
-        if node.op_type == "Constant" and node.output:
+        if node.op_type == "Constant" and node.output and node.output[0] not in stripped:
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 known[node.output[0]] = value
@@ -238,11 +302,13 @@ class GraphIndex:
     """Lookup tables over one (shape-inferred) graph, built once.
 
     Args:
-        model: the model; shape inference runs on a copy.
+        model: the model; it is read, never changed. The index holds a copy without the data
+            of large tensors (``stripped``), on which shapes are inferred.
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = _infer(_fold_constant_aliases(model))
+        skeleton, self.stripped = _skeleton(model)
+        self.model = _infer(_fold_constant_aliases(skeleton, self.stripped))
         graph = self.model.graph
         self.nodes = list(graph.node)
         self.initializers = {init.name: init for init in graph.initializer}
@@ -342,7 +408,10 @@ class GraphIndex:
         return int(value.type.tensor_type.elem_type) or None
 
     def constant(self, tensor: str) -> np.ndarray | None:
-        """The value of an initializer or Constant-node output, else None."""
+        """The value of an initializer or Constant-node output (small ones: shapes, axes,
+        scales; the index holds no weights), else None."""
+        if tensor in self.stripped:
+            return None
         if tensor in self.initializers:
             return numpy_helper.to_array(self.initializers[tensor])
         i = self.producer.get(tensor)
@@ -660,13 +729,17 @@ def _subgraph_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
     return names
 
 
-def expose(model: onnx.ModelProto, tensor: str, index: GraphIndex | None = None) -> onnx.ModelProto:
+def expose(
+    model: onnx.ModelProto, tensor: str, index: GraphIndex | None = None, *, copy: bool = True
+) -> onnx.ModelProto:
     """A copy of the model with ``tensor`` appended to the graph outputs.
 
     The appended ValueInfo carries the exact element type and the rank, with a symbolic
-    batch dimension, so it stays valid when the batch dimension is freed later.
+    batch dimension, so it stays valid when the batch dimension is freed later. With
+    ``copy=False`` the model itself is changed and returned: only for a proto the caller owns
+    (one it has just loaded), to spare a copy of the weights.
     """
-    out = _copy(model)
+    out = _copy(model) if copy else model
     if tensor in (o.name for o in out.graph.output):
         return out
     index = index or GraphIndex(model)

@@ -120,5 +120,7 @@ def as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def resize_map(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
     """A map at input resolution resized to the image's (H, W), bilinear, clipped to [0, 1]."""
-    resized = cv2.resize(saliency, (width, height), interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+    resized = cv2.resize(
+        saliency.astype(np.float32, copy=False), (width, height), interpolation=cv2.INTER_LINEAR
+    )
+    return np.clip(resized, 0.0, 1.0, out=resized)

@@ -78,19 +78,25 @@ def prepare(config: ExplainerConfig) -> Prepared:
         default_size=modelinfo.metadata_size(metadata),
     )
     norm = _normalization(config, metadata, index, notes)
-    sized = _sized(model, index, spec)
+    sized = _sized(index, spec)
     candidate = graph.resolve_node(sized.model, config.node, sized)
     outputs = tuple(
         OutputInfo(name, index.shape(name), modelinfo.output_activation(index, name))
         for name in index.outputs
     )
+    # The weights are held once: the loaded proto is ours, so it is rewritten in place, then
+    # serialized, and dropped before ONNX Runtime makes its own copy.
     if config.fp16:
-        half = graph.to_float16(model)
-        exposed, feature_output = graph.expose_float32(half, candidate.tensor)
+        model = graph.to_float16(model)
+        exposed, feature_output = graph.expose_float32(model, candidate.tensor)
     else:
-        exposed = graph.expose(model, candidate.tensor, index)
+        exposed = graph.expose(model, candidate.tensor, index, copy=False)
         feature_output = candidate.tensor
-    session, fixed = _open_session(exposed, index, spec, config, notes)
+    del model
+    plain, freed, batch_dim = _serialized(exposed, index)
+    del exposed
+    session, fixed = _open_session(plain, freed, batch_dim, spec, config, notes)
+    del plain, freed
     labels = _labels(config.labels, metadata, notes)
     default_batch = modelinfo.default_batch(index, spec, session.info.provider)
     shape = index.shape(spec.name) or ()
@@ -119,7 +125,7 @@ def _normalization(
     return normalization(config, metadata, default="raw")
 
 
-def _sized(model: onnx.ModelProto, index: graph.GraphIndex, spec: InputSpec) -> graph.GraphIndex:
+def _sized(index: graph.GraphIndex, spec: InputSpec) -> graph.GraphIndex:
     """The graph with shapes inferred for the input size in use, so every map has its real
     height and width (a dynamic size hides maps that are 1 pixel high)."""
     shape = index.shape(spec.name) or ()
@@ -128,25 +134,38 @@ def _sized(model: onnx.ModelProto, index: graph.GraphIndex, spec: InputSpec) -> 
         dims = (1, spec.height, spec.width, spec.channels)
     if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) and shape[1:] == dims[1:]:
         return index
-    return graph.GraphIndex(graph.with_input_size(model, spec.name, dims))
+    return graph.GraphIndex(graph.with_input_size(index.model, spec.name, dims))
+
+
+def _serialized(
+    exposed: onnx.ModelProto, index: graph.GraphIndex
+) -> tuple[bytes, bytes | None, int | None]:
+    """The exposed model's bytes; for a fixed batch, also those of a copy with the batch made
+    symbolic (a hypothesis, proven by :func:`_open_session`), and the fixed batch."""
+    first = index.shape(index.inputs[0])
+    batch_dim = first[0] if first else None
+    if not isinstance(batch_dim, int) or batch_dim < 1:
+        return exposed.SerializeToString(), None, None
+    dynamic, changed = graph.make_batch_dynamic(exposed)
+    freed = dynamic.SerializeToString() if changed else None
+    del dynamic
+    return exposed.SerializeToString(), freed, batch_dim
 
 
 def _open_session(
-    exposed: onnx.ModelProto,
-    index: graph.GraphIndex,
+    plain: bytes,
+    freed: bytes | None,
+    batch_dim: int | None,
     spec: InputSpec,
     config: ExplainerConfig,
     notes: list[str],
 ) -> tuple[Session, int | None]:
     """A session over the exposed model, with a free batch dimension where provable."""
-    first = index.shape(index.inputs[0])
-    batch_dim = first[0] if first else None
-    if not isinstance(batch_dim, int) or batch_dim < 1:
-        return _session(exposed, config), None
-    dynamic, changed = graph.make_batch_dynamic(exposed)
-    if changed:
+    if batch_dim is None:
+        return _session(plain, config), None
+    if freed is not None:
         try:
-            session = _session(dynamic, config)
+            session = _session(freed, config)
             if modelinfo.batch_consistent(session, spec, time_limit=config.time_limit_s):
                 return session, None
         except ModelError:
@@ -155,12 +174,12 @@ def _open_session(
         f"the model's batch dimension is fixed to {batch_dim} and could not be freed "
         f"safely; masked passes run {batch_dim} at a time"
     )
-    return _session(exposed, config), batch_dim
+    return _session(plain, config), batch_dim
 
 
-def _session(model: onnx.ModelProto, config: ExplainerConfig) -> Session:
+def _session(model: bytes, config: ExplainerConfig) -> Session:
     return Session(
-        model.SerializeToString(),
+        model,
         device=config.device,
         threads=config.threads,
         providers=config.providers,

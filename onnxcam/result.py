@@ -80,7 +80,7 @@ class TargetResult:
         return {
             "mean": float(sal.mean()),
             "peak": [int(x), int(y)],
-            "area_above_half": float((sal >= 0.5).mean()) if sal.any() else 0.0,
+            "area_above_half": float(np.count_nonzero(sal >= 0.5) / sal.size),
             "all_zero": not bool(sal.any()),
         }
 

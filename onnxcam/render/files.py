@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -34,8 +33,9 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so no reader sees half a file.
+def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write ``data`` (bytes, or a function that writes to a file) to ``path`` through a
+    temporary file, so no reader sees half a file.
 
     The file gets the permissions the umask allows (``mkstemp`` alone would make it 0600), and
     the temporary file is removed whatever interrupts the write (an error, Ctrl-C).
@@ -45,7 +45,10 @@ def write_atomic(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if callable(data):
+                data(handle)
+            else:
+                handle.write(data)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -64,18 +67,20 @@ def _umask() -> int:
 
 
 def _png(image: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (converted in place, so the caller's array is consumed) or gray
+    image."""
     if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=image)
     ok, buf = cv2.imencode(".png", image)
     if not ok:
         raise OutputError("PNG encoding failed")
     return buf.tobytes()
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array.astype(np.float32))
-    return buf.getvalue()
+def _npy(array: np.ndarray) -> Callable[[BinaryIO], None]:
+    """Writes the map as float32 ``.npy`` straight to the file (no copy in memory)."""
+    values = np.asarray(array, np.float32)
+    return lambda handle: np.save(handle, values)
 
 
 def write_explanation(
