@@ -50,3 +50,22 @@ def test_ensure_dir_refuses_unwritable_places(tmp_path):
     with pytest.raises(OutputError, match="cannot create"):
         ensure_dir(blocker / "sub")
     assert ensure_dir(tmp_path / "a" / "b").is_dir()
+
+
+def test_writing_a_large_photos_files_costs_a_few_bytes_per_pixel(tmp_path):
+    """Overlay, gray map and .npy of a 6-megapixel photo: the numpy/OpenCV arrays made along
+    the way stay under 8 bytes per pixel at once (float copies of the image would be 12+)."""
+    import tracemalloc
+
+    from onnxcam.render import write_explanation
+
+    height, width = 2000, 3000
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8)
+    saliency = np.random.default_rng(1).uniform(size=(height, width)).astype(np.float32)
+    names = [{"overlay": "a_overlay.png", "saliency": "a_saliency.png", "npy": "a.npy"}]
+    tracemalloc.start()
+    write_explanation(tmp_path, image, [saliency], names, {"x": 1}, "a.json")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak / (height * width) < 8, peak / (height * width)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), saliency)

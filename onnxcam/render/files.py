@@ -66,15 +66,19 @@ def _umask() -> int:
     return mask
 
 
-def _png(image: np.ndarray) -> bytes:
-    """PNG bytes of an RGB (converted in place, so the caller's array is consumed) or gray
-    image."""
+def _png(image: np.ndarray) -> Callable[[BinaryIO], None]:
+    """Writes an RGB (converted in place, so the caller's array is consumed) or gray image
+    as PNG, straight from the encoder's buffer."""
     if image.ndim == 3:
         cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=image)
     ok, buf = cv2.imencode(".png", image)
+    del image
     if not ok:
         raise OutputError("PNG encoding failed")
-    return buf.tobytes()
+    def write(handle: BinaryIO) -> None:
+        handle.write(buf.data)
+
+    return write
 
 
 def _npy(array: np.ndarray) -> Callable[[BinaryIO], None]:
