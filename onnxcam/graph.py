@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -164,11 +165,35 @@ def _is_external(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
+def _decodes(message: Any) -> None:
+    """Check every text field of ``message`` is UTF-8 (protobuf hands back bytes for one that
+    is not, and fails only when that value is copied somewhere later).
+
+    Raises:
+        UnicodeDecodeError: a text field that is not UTF-8.
+    """
+    for field, value in message.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == 3
+        if field.type == field.TYPE_STRING:
+            for text in value if repeated else [value]:
+                if isinstance(text, bytes):  # protobuf hands back invalid UTF-8 as bytes
+                    text.decode("utf-8")
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if repeated else [value]:
+                _decodes(item)
+
+
 def _checked(
     model: onnx.ModelProto, name: str, *, check: bool = True, failed: Exception | None = None
 ) -> onnx.ModelProto:
     """The model, once it has a graph and passes the ONNX checker (run here with ``check``;
     ``failed``: what the checker said of the file when it was checked from there)."""
+    try:
+        _decodes(model)
+    except UnicodeDecodeError:
+        raise ModelError(
+            f"{name} holds text that is not valid UTF-8: the file is corrupt"
+        ) from None
     if len(model.graph.node) == 0 or len(model.graph.input) == 0 or len(model.graph.output) == 0:
         raise ModelError(
             f"{name} is not a usable ONNX model: its graph has "

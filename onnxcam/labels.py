@@ -48,10 +48,14 @@ def parse_labels(text: str) -> list[str] | None:
     if text[0] in "[{":
         try:
             value = json.loads(text)
+        except RecursionError:
+            raise LabelError("labels nested too deeply to be class names") from None
         except json.JSONDecodeError:
             try:
                 value = ast.literal_eval(text)  # literals only, e.g. "{0: 'person'}"
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
+            except RecursionError:
+                raise LabelError("labels nested too deeply to be class names") from None
+            except (ValueError, SyntaxError, MemoryError, TypeError):
                 value = None
     if isinstance(value, list):
         names = [str(v) for v in value]

@@ -104,3 +104,13 @@ def test_absurd_input_sizes_and_element_types_are_named(tmp_path):
         Explainer(tmp_path / "odd.onnx")
     with pytest.raises(ConfigError, match="above 16384 pixels a side"):
         Explainer(path, size=(SIZE, 10**6))
+
+
+def test_what_fuzzing_found(tmp_path, image):
+    """Labels nested ten thousand deep, and a graph name that is not UTF-8."""
+    with pytest.raises(LabelError, match="nested too deeply"):
+        parse_labels("[" * 10_000)
+    model = onnx.load(str(build_tiny(tmp_path / "m.onnx", tiny_weights())))
+    data = model.SerializeToString().replace(b"tiny", b"t\x99ny", 1)  # the graph's name
+    with pytest.raises(ModelError, match="not valid UTF-8"):
+        Explainer(data)

@@ -75,6 +75,7 @@ def _png(image: np.ndarray) -> Callable[[BinaryIO], None]:
     del image
     if not ok:
         raise OutputError("PNG encoding failed")
+
     def write(handle: BinaryIO) -> None:
         handle.write(buf.data)
 

@@ -1,0 +1,28 @@
+"""Fuzzing on a fixed seed (tools/fuzz.py): a few hundred mutated models and images, each a
+result or one clean error line; no traceback, no crash, no native noise, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+PEAK_RSS_MB = 600  # the whole fuzzing process, ONNX Runtime and OpenCV included
+
+
+def test_fuzzed_models_and_images(tmp_path):
+    report_path = tmp_path / "fuzz.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "fuzz.py"), "--seed", "20261127",
+         "--models", "300", "--images", "300", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), f"the fuzzer crashed: {proc.returncode}\n{proc.stderr}"
+    report = json.loads(report_path.read_text())
+    assert report["problems"] == [], report["problems"][:5]
+    assert report["stderr"] == ""
+    assert sum(report["counts"].values()) == 600 and report["counts"].get("ok", 0) > 50
+    assert report["peak_rss_mb"] < PEAK_RSS_MB
+    assert proc.returncode == 0
