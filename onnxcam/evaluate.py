@@ -9,6 +9,7 @@ centred Gaussian) and ``random`` (uniform noise, seeded) need no model.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,9 @@ class Evaluation:
         score: Y, the class probability of the image.
         explained_score: O, the class probability of the image multiplied by the map.
         deletion, insertion: the causal curves (steps + 1 probabilities).
+        saliency: the map at the model's input resolution.
+        seconds: how long making the map took.
+        image: the image (RGB), when there is one, for pictures of the map.
     """
 
     source: str | None
@@ -46,6 +50,9 @@ class Evaluation:
     explained_score: float
     deletion: np.ndarray
     insertion: np.ndarray
+    saliency: np.ndarray | None = None
+    seconds: float = 0.0
+    image: np.ndarray | None = None
 
     @property
     def drop(self) -> float:
@@ -72,6 +79,7 @@ class Evaluation:
             "insertion_auc": self.insertion_auc,
             "deletion_curve": self.deletion.tolist(),
             "insertion_curve": self.insertion.tolist(),
+            "map_seconds": self.seconds,
         }
 
 
@@ -125,6 +133,7 @@ def evaluate(
     class_index = judged.describe().get("class_index")
     results = []
     for name in methods:
+        t0 = time.perf_counter()
         if name in REFERENCES:
             saliency = _reference_map(name, size, seed)
         else:
@@ -134,6 +143,7 @@ def evaluate(
                 else registry.create(name, options=ScoreCamOptions(), baseline="none")
             )
             saliency = _method_map(explainer, method, fwd, explained_target)
+        seconds = time.perf_counter() - t0
         masked = metrics.masked_by_map(x, saliency, spec.layout)
         explained = float(score(1, one_input(masked))[0])
         deletion = metrics.causal_curve(score, x, finish, saliency, steps=steps, layout=spec.layout)
@@ -141,7 +151,18 @@ def evaluate(
             score, blurred, x, saliency, steps=steps, layout=spec.layout
         )
         results.append(
-            Evaluation(fwd.source, name, class_index, clean, explained, deletion, insertion)
+            Evaluation(
+                fwd.source,
+                name,
+                class_index,
+                clean,
+                explained,
+                deletion,
+                insertion,
+                saliency,
+                seconds,
+                fwd.rgb,
+            )
         )
     return results
 
@@ -161,5 +182,6 @@ def summarize(evaluations: Iterable[Evaluation]) -> dict[str, dict[str, float]]:
             "increase_in_confidence": metrics.increase_in_confidence(clean, explained),
             "deletion_auc": float(np.mean([e.deletion_auc for e in evs])),
             "insertion_auc": float(np.mean([e.insertion_auc for e in evs])),
+            "seconds_per_image": float(np.mean([e.seconds for e in evs])),
         }
     return table

@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import OutputError
 from .render import ensure_dir
+from .render.report import THUMBS, report_names
 
 __all__ = [
     "LOCK_NAME",
@@ -96,12 +97,17 @@ def is_output_folder(folder: Path) -> bool:
 
 
 def recorded_files(folder: Path) -> set[Path]:
-    """The files that earlier runs wrote into ``folder`` (from its ``results.jsonl``)."""
-    return {
+    """The files that earlier runs wrote into ``folder``: those its ``results.jsonl`` names,
+    and the report's own (``contact_sheet.png``, everything under ``thumbs/``)."""
+    written = {
         (folder / name).resolve()
         for record in _read_results(folder / RESULTS)
         for name in _files_of(record)
     }
+    written |= {(folder / name).resolve() for name in report_names(folder)}
+    if (folder / THUMBS).is_dir():
+        written |= {p.resolve() for p in (folder / THUMBS).rglob("*") if p.is_file()}
+    return written
 
 
 def _files_of(record: Mapping[str, Any]) -> list[str]:
@@ -199,6 +205,8 @@ class OutputFolder:
                 f"({_difference(before.get('settings'), self.settings)}); use --overwrite to "
                 "replace them, or a fresh -o"
             )
+        for stale in self.path.rglob(".*.part"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
         ours = {self.path / name for record in previous for name in _files_of(record)}
         if self.overwrite:
             for file in ours:
@@ -213,12 +221,10 @@ class OutputFolder:
                 if done and all((self.path / n).is_file() for n in names):
                     self.finished[str(record.get("source"))] = record
         self._protected = {p.resolve() for p in self.inputs}
+        reported = recorded_files(self.path)  # the report's pictures are ours to redo too
         for file in self.path.rglob("*"):
-            if (
-                file.is_file()
-                and file not in ours
-                and file.name not in (LOCK_NAME, MANIFEST, RESULTS)
-            ):
+            mine = file.name in (LOCK_NAME, MANIFEST, RESULTS) or file.resolve() in reported
+            if file.is_file() and file not in ours and not mine:
                 self._protected.add(file.resolve())
         for record in self.finished.values():
             self._written |= {(self.path / n).resolve() for n in _files_of(record)}

@@ -25,14 +25,18 @@ def version() -> str:
         return "0+unknown"
 
 
-def file_names(stem: str, targets: int, *, overlay: bool = True) -> list[dict[str, str]]:
-    """Per target, the names of its overlay (when there is an image to draw on), grayscale
-    map and ``.npy``: ``STEM_overlay.png`` for a single target, ``STEM_t{i}_overlay.png`` for
-    target ``i`` of several."""
+def file_names(
+    stem: str, targets: int, *, overlay: bool = True, emphasized: bool = False
+) -> list[dict[str, str]]:
+    """Per target, the names of its overlay (when there is an image to draw on), emphasized
+    overlay (when asked for), grayscale map and ``.npy``: ``STEM_overlay.png`` for a single
+    target, ``STEM_t{i}_overlay.png`` for target ``i`` of several."""
     tags = [stem] if targets == 1 else [f"{stem}_t{i}" for i in range(targets)]
     names = []
     for tag in tags:
         files = {"overlay": f"{tag}_overlay.png"} if overlay else {}
+        if overlay and emphasized:
+            files["emphasized"] = f"{tag}_emphasized.png"
         names.append({**files, "saliency": f"{tag}_saliency.png", "npy": f"{tag}.npy"})
     return names
 
@@ -153,14 +157,16 @@ class Result:
     def masked_passes(self) -> int:
         return self.stats.get("masked_passes", 0)
 
-    def to_record(self, *, stem: str | None = None) -> dict[str, Any]:
+    def to_record(self, *, stem: str | None = None, emphasized: bool = False) -> dict[str, Any]:
         """The JSON record (no arrays); with ``stem``, the names of the files :meth:`save`
         writes under that stem."""
         first = self.targets[0]
         entries = []
         names = None
         if stem is not None:
-            names = file_names(stem, len(self.targets), overlay=self.image is not None)
+            names = file_names(
+                stem, len(self.targets), overlay=self.image is not None, emphasized=emphasized
+            )
         for i, target in enumerate(self.targets):
             entry = {k: v for k, v in target.info.items() if k != "top5"}
             entry["map"] = target.map_stats()
@@ -191,17 +197,30 @@ class Result:
             record["files"] = {"json": f"{stem}.json", **(names[0] if len(names) == 1 else {})}
         return record
 
-    def save(self, out_dir: str | Path, *, stem: str | None = None, alpha: float = 0.5) -> dict:
+    def save(
+        self,
+        out_dir: str | Path,
+        *,
+        stem: str | None = None,
+        alpha: float = 0.5,
+        emphasize: float | None = None,
+    ) -> dict:
         """Write each target's overlay PNG, grayscale PNG and ``.npy`` map, and the JSON
-        record (see :func:`file_names`); return the written paths."""
+        record (see :func:`file_names`); return the written paths. With ``emphasize`` (a
+        threshold in [0, 1]), also an overlay of the map through a steep sigmoid around it,
+        so the attended region stands out and the rest fades."""
         name = stem or (Path(self.source).stem if self.source else "image")
+        emphasized = emphasize is not None
         return write_explanation(
             Path(out_dir),
             self.image,
             [t.saliency for t in self.targets],
-            file_names(name, len(self.targets), overlay=self.image is not None),
-            self.to_record(stem=name),
+            file_names(
+                name, len(self.targets), overlay=self.image is not None, emphasized=emphasized
+            ),
+            self.to_record(stem=name, emphasized=emphasized),
             f"{name}.json",
             alpha=alpha,
             source=self.source,
+            emphasis=emphasize,
         )

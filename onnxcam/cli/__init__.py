@@ -13,6 +13,7 @@ from .common import safe
 from .evaluate import evaluate
 from .explain import explain
 from .nodes import nodes
+from .report import report
 
 __all__ = ["cli", "main"]
 
@@ -57,6 +58,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 cli.add_command(nodes)
 cli.add_command(explain)
 cli.add_command(evaluate)
+cli.add_command(report)
 
 
 def main() -> None:

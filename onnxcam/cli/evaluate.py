@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import cv2
+import numpy as np
 
 from ..errors import ConfigError, OnnxCamError
-from ..evaluate import METHODS, SUBSTRATES, summarize
+from ..evaluate import METHODS, SUBSTRATES, Evaluation, summarize
 from ..evaluate import evaluate as run_evaluation
+from ..outdir import relative_stems
 from ..render import ensure_dir, write_atomic
+from ..render.evalreport import write_evaluation_report
+from ..render.overlay import overlay
+from ..render.sheet import thumbnail, write_jpeg
 from ..result import version
 from .common import (
     echo,
@@ -23,6 +29,25 @@ from .common import (
     report_error,
     target_specs,
 )
+
+
+def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str, dict[str, str]]]:
+    """A small overlay of each method's map on each image, for the report's grid."""
+    sources = list(dict.fromkeys(str(e.source) for e in evaluations))
+    stems = dict(zip(sources, relative_stems([Path(s) for s in sources]), strict=True))
+    grid: dict[str, dict[str, str]] = {s: {} for s in sources}
+    for ev in evaluations:
+        if ev.image is None or ev.saliency is None:
+            continue
+        small = np.ascontiguousarray(thumbnail(ev.image, 160))
+        cam = cv2.resize(
+            ev.saliency, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA
+        )
+        name = f"maps/{stems[str(ev.source)]}_{ev.method}.jpg"
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_jpeg(folder / name, overlay(small, np.clip(cam, 0, 1)))
+        grid[str(ev.source)][ev.method] = name
+    return list(grid.items())
 
 
 @click.command()
@@ -53,11 +78,12 @@ from .common import (
 @click.option(
     "-o",
     "--output",
-    "out_file",
+    "out_path",
     type=click.Path(path_type=Path),
-    default=Path("onnxcam_eval.json"),
+    default=Path("onnxcam_eval"),
     show_default=True,
-    help="JSON file for per-image records and the summary.",
+    help="Folder for evaluation.json, report.html and the maps' pictures (a path ending in "
+    ".json names the JSON file; the report goes next to it).",
 )
 @explainer_options
 def evaluate(
@@ -67,7 +93,7 @@ def evaluate(
     steps: int,
     substrate: str,
     seed: int,
-    out_file: Path,
+    out_path: Path,
     **options: Any,
 ) -> None:
     """Faithfulness metrics of Score-CAM and reference maps on IMAGES.
@@ -114,8 +140,11 @@ def evaluate(
             "records": [e.to_record() for e in evaluations],
             "onnxcam_version": version(),
         }
-        if out_file.parent != Path(""):
-            ensure_dir(out_file.parent)
+        folder = out_path.parent if out_path.suffix == ".json" else out_path
+        out_file = out_path if out_path.suffix == ".json" else out_path / "evaluation.json"
+        ensure_dir(folder)
         write_atomic(out_file, (json.dumps(document, indent=2) + "\n").encode())
-        echo(f"\nwrote {out_file}")
+        grid = _map_pictures(folder, evaluations)
+        report = write_evaluation_report(folder, document, grid)
+        echo(f"\nwrote {out_file} and {report}")
     finish(failures, len(files))

@@ -14,6 +14,7 @@ from ..config import model_sha256
 from ..errors import OnnxCamError
 from ..explain import Explainer
 from ..outdir import OutputFolder, relative_stems
+from ..render import build_report, report_files, write_thumbnails
 from ..result import Result, file_names, version
 from ..targets import TargetSpec
 from .common import (
@@ -68,10 +69,11 @@ def run_settings(
     }
 
 
-def _names(targets: int, overlay: bool) -> Callable[[str], list[str]]:
+def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], list[str]]:
     def names(stem: str) -> list[str]:
-        files = file_names(stem, targets, overlay=overlay)
-        return [f"{stem}.json", *(name for f in files for name in f.values())]
+        files = file_names(stem, targets, overlay=overlay, emphasized=emphasized)
+        own = [name for f in files for name in f.values()]
+        return [f"{stem}.json", *own, *report_files(stem).values()]
 
     return names
 
@@ -97,6 +99,24 @@ def _names(targets: int, overlay: bool) -> Callable[[str], list[str]]:
     help="Weight of the heat map in the overlay.",
 )
 @click.option(
+    "--emphasize",
+    is_flag=True,
+    help="Also write an overlay of the map through a steep sigmoid (the attended region stands "
+    "out, the rest fades).",
+)
+@click.option(
+    "--emphasize-threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Where the emphasized map's sigmoid is centred.",
+)
+@click.option(
+    "--report/--no-report",
+    default=None,
+    help="Write OUT/index.html and OUT/contact_sheet.png (default: when there are several images).",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue a run in -o: skip images already explained with the same settings "
@@ -112,6 +132,9 @@ def explain(
     images: tuple[Path, ...],
     out_dir: Path,
     alpha: float,
+    emphasize: bool,
+    emphasize_threshold: float,
+    report: bool | None,
     resume: bool,
     overwrite: bool,
     **options: Any,
@@ -127,7 +150,10 @@ def explain(
     files = image_files(images, exclude=out_dir)
     explainer = open_explainer(model, options)
     settings = run_settings(explainer, targets, alpha)
+    emphasis = emphasize_threshold if emphasize else None
+    settings["emphasize"] = emphasis
     stems = dict(zip(files, relative_stems(files), strict=True))
+    with_report = report if report is not None else len(files) > 1
     with OutputFolder(out_dir, settings=settings, inputs=files, overwrite=overwrite) as folder:
         todo = [path for path in files if not folder.is_finished(path)]
         if len(todo) < len(files):
@@ -148,9 +174,14 @@ def explain(
                          "error_type": type(result).__name__, "error": str(result)}
                     )  # fmt: skip
                     continue
-                names = _names(len(result.targets), result.image is not None)
+                names = _names(len(result.targets), result.image is not None, emphasize)
                 stem = folder.claim(stems[path], names)
-                paths = result.save(out_dir, stem=stem, alpha=alpha)
-                folder.record({"status": "ok", **result.to_record(stem=stem)})
+                paths = result.save(out_dir, stem=stem, alpha=alpha, emphasize=emphasis)
+                if with_report:
+                    write_thumbnails(out_dir, stem, result.image, result.saliency, alpha=alpha)
+                record = result.to_record(stem=stem, emphasized=emphasis is not None)
+                folder.record({"status": "ok", **record})
                 _report(path, result, paths)
+        if with_report:
+            echo(f"report: {build_report(out_dir)}", err=True)
     finish(failures, len(todo))

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from .files import ensure_dir, write_atomic, write_explanation
-from .overlay import overlay, saliency_image
+from .overlay import emphasize, overlay, saliency_image
+from .report import build_report, report_files, write_thumbnails
 
-__all__ = ["ensure_dir", "overlay", "saliency_image", "write_atomic", "write_explanation"]
+__all__ = [
+    "build_report",
+    "emphasize",
+    "ensure_dir",
+    "overlay",
+    "report_files",
+    "saliency_image",
+    "write_atomic",
+    "write_explanation",
+    "write_thumbnails",
+]

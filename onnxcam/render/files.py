@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import OutputError
-from .overlay import overlay, saliency_image
+from .overlay import emphasize, overlay, saliency_image
 
 __all__ = ["ensure_dir", "write_atomic", "write_explanation"]
 
@@ -98,10 +98,12 @@ def write_explanation(
     *,
     alpha: float = 0.5,
     source: str | None = None,
+    emphasis: float | None = None,
 ) -> dict[str, Path]:
     """Write, for each map, its overlay over ``image`` (when there is one), its grayscale PNG
-    and its ``.npy`` (file names from ``names[i]``: ``overlay``, ``saliency``, ``npy``), then
-    the record.
+    and its ``.npy`` (file names from ``names[i]``: ``overlay``, ``saliency``, ``npy``; with
+    ``emphasis``, also ``emphasized``: the overlay of the map through :func:`emphasize`
+    around that threshold), then the record.
 
     Returns:
         Every written path by ``"json"`` and ``"overlay"``/``"saliency"``/``"npy"``, the
@@ -126,6 +128,11 @@ def write_explanation(
     for saliency, files in zip(maps, names, strict=True):
         if image is not None:
             write_atomic(out_dir / files["overlay"], _png(overlay(image, saliency, alpha=alpha)))
+            if emphasis is not None and "emphasized" in files:
+                steep = emphasize(saliency, emphasis)
+                write_atomic(
+                    out_dir / files["emphasized"], _png(overlay(image, steep, alpha=alpha))
+                )
         write_atomic(out_dir / files["saliency"], _png(saliency_image(saliency)))
         write_atomic(out_dir / files["npy"], _npy(saliency))
     write_atomic(paths["json"], (json.dumps(record, indent=2) + "\n").encode())
