@@ -9,6 +9,7 @@ from typing import Any
 
 from . import preprocess
 from .errors import ConfigError
+from .geometry import RESIZES
 from .methods import METHODS
 from .methods.scorecam import BASELINES, ScoreCamOptions
 from .preprocess import Normalization
@@ -58,6 +59,7 @@ class ExplainerConfig:
     session_options: dict[str, Any] | None = None
     budget_s: float | None = None
     time_limit_s: float | None = None
+    resize: str | None = None
 
 
 def model_sha256(model: str | bytes) -> str:
@@ -108,6 +110,8 @@ def validate(config: ExplainerConfig) -> None:
         raise ConfigError(f"the time budget must be positive seconds, got {config.budget_s}")
     if config.time_limit_s is not None and not config.time_limit_s > 0:
         raise ConfigError(f"the time limit must be positive seconds, got {config.time_limit_s}")
+    if config.resize is not None and config.resize not in RESIZES:
+        raise ConfigError(f"unknown resize '{config.resize}'; valid: {', '.join(RESIZES)}")
     if config.providers is not None and config.device != "auto":
         raise ConfigError("pass either a device or a list of execution providers, not both")
 

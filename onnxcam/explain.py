@@ -19,6 +19,7 @@ import onnx
 from . import graph, methods, modelinfo, ops, preprocess
 from .config import ExplainerConfig, model_name
 from .errors import ConfigError, NodeError, OnnxCamError
+from .geometry import Geometry
 from .methods import COMPAT, Clean, Method, Plan, ScoreCamOptions
 from .prepare import Prepared, prepare
 from .result import Result, TargetResult
@@ -45,6 +46,8 @@ class Forward:
         preprocess_s, activation_s: seconds spent.
         spec: the input's layout, size and dtype.
         given_tensor: ``x`` is the caller's tensor, not onnxcam's preprocessing of ``rgb``.
+        geometry: where the image sits in ``x`` (stretched or letterboxed); None without an
+            image.
     """
 
     source: str | None
@@ -56,6 +59,7 @@ class Forward:
     activation_s: float
     spec: preprocess.InputSpec
     given_tensor: bool = False
+    geometry: Geometry | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class _Loaded:
     spec: preprocess.InputSpec
     preprocess_s: float
     given_tensor: bool = False
+    geometry: Geometry | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,10 @@ class Explainer:
         time_limit_s: seconds an image's passes may take in all; a model that runs longer
             (one that never finishes) is stopped and the image fails with a
             :class:`TimeLimitError`.
+        resize: how images are fitted into the input: ``stretch`` (the whole image resized
+            to the input size) or ``letterbox`` (aspect ratio kept, padded with grey 114, as
+            Ultralytics does); default: ``letterbox`` for YOLO-family detectors, else
+            ``stretch``. Boxes and maps are mapped back to the image either way.
     """
 
     def __init__(
@@ -150,6 +159,7 @@ class Explainer:
         session_options: Any = None,
         budget_s: float | None = None,
         time_limit_s: float | None = None,
+        resize: str | None = None,
     ) -> None:
         if compat is not None:
             if options is not None:
@@ -187,6 +197,7 @@ class Explainer:
             session_options=None if session_options is None else session_settings(session_options),
             budget_s=budget_s,
             time_limit_s=time_limit_s,
+            resize=resize,
         )
         self._build(config)
 
@@ -283,8 +294,8 @@ class Explainer:
         else:
             source = None
             rgb = preprocess.as_rgb(image)
-        x = preprocess.to_tensor(rgb, self.spec, self.norm)
-        return _Loaded(source, rgb, x, self.spec, time.perf_counter() - t0)
+        x, geometry = preprocess.fit_tensor(rgb, self.spec, self.norm, self.prepared.resize)
+        return _Loaded(source, rgb, x, self.spec, time.perf_counter() - t0, geometry=geometry)
 
     def _load_tensor(self, tensor: np.ndarray, image: ImageLike | None) -> _Loaded:
         """A caller's model input, checked against what the model takes; the image, when
@@ -297,7 +308,12 @@ class Explainer:
         source = loaded.source if loaded else None
         rgb = loaded.rgb if loaded else None
         x = np.ascontiguousarray(tensor)
-        return _Loaded(source, rgb, x, spec, time.perf_counter() - t0, given_tensor=True)
+        geometry = None
+        if rgb is not None:  # how the caller made the tensor is unknown: the image stretched
+            geometry = Geometry.of("stretch", rgb.shape[:2], (spec.height, spec.width))
+        return _Loaded(
+            source, rgb, x, spec, time.perf_counter() - t0, given_tensor=True, geometry=geometry
+        )
 
     def _forward_many(self, inputs: Sequence[_Input]) -> list[Forward | OnnxCamError]:
         """Activation passes of several inputs in shared batches; a bad one is its error."""
@@ -360,6 +376,7 @@ class Explainer:
                     done.run_s,
                     item.spec,
                     item.given_tensor,
+                    item.geometry,
                 )
             )
         return outcomes
@@ -389,6 +406,9 @@ class Explainer:
             labels=self.labels,
             score_kind=score_kind or self.method.score_kind,
             embed=self._reference,
+            input_hw=(fwd.spec.height, fwd.spec.width),
+            geometry=fwd.geometry,
+            metadata=self.metadata,
         )
         return [bound for spec in specs for bound in spec.bind(ctx, fwd.outputs)]
 
@@ -556,7 +576,7 @@ class Explainer:
                     f"the map of target '{info['spec']}' is all zero: nothing the method "
                     "tried raised its score"
                 )
-            shown = cam if fwd.rgb is None else ops.resize_map(cam, *fwd.rgb.shape[:2])
+            shown = cam if fwd.geometry is None else fwd.geometry.map_to_image(cam)
             maps.append(TargetResult(shown, cam, info))
         timings = {
             "preprocess_s": fwd.preprocess_s,
@@ -578,6 +598,7 @@ class Explainer:
                 "batch_size": self.batch_size(),
                 "preprocess": asdict(self.norm),
                 "input_size": [fwd.spec.height, fwd.spec.width],
+                **(fwd.geometry.describe() if fwd.geometry is not None else {}),
                 "layout": fwd.spec.layout,
                 "input": "tensor" if fwd.given_tensor else "image",
             },

@@ -12,17 +12,20 @@ from . import graph
 from .errors import ConfigError, ImageError, ModelError
 from .preprocess import InputSpec
 from .runtime import Session
+from .targets.kinds import ModelKind, model_kind
 
 __all__ = [
     "ACTIVATION_BUDGET",
     "CPU_BATCH",
     "CUDA_BATCH",
+    "ModelKind",
     "batch_consistent",
     "default_batch",
     "guess_layout",
     "in_graph_scaling",
     "input_spec",
     "metadata_size",
+    "model_kind",
     "output_activation",
     "tensor_spec",
 ]

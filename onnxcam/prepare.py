@@ -35,6 +35,8 @@ class Prepared:
         default_batch: the batch size for this model and provider.
         labels: class names, when known.
         notes: things worth telling the user about the model.
+        kind: what the model is for (classifier, detector, segmenter), and why.
+        resize: how images are fitted into the input: ``stretch`` or ``letterbox``.
     """
 
     metadata: dict[str, str]
@@ -49,6 +51,8 @@ class Prepared:
     default_batch: int
     labels: list[str] | None
     notes: tuple[str, ...]
+    kind: modelinfo.ModelKind
+    resize: str
 
 
 def prepare(config: ExplainerConfig) -> Prepared:
@@ -77,8 +81,16 @@ def prepare(config: ExplainerConfig) -> Prepared:
         size=config.size,
         default_size=modelinfo.metadata_size(metadata),
     )
-    norm = _normalization(config, metadata, index, notes)
     sized = _sized(index, spec)
+    kind = modelinfo.model_kind(
+        {name: sized.shape(name) for name in index.outputs}, metadata, (spec.height, spec.width)
+    )
+    yolo = kind.detection is not None and kind.detection.format != "boxes-scores"
+    norm = _normalization(config, metadata, index, notes, "unit" if yolo else "imagenet")
+    scaled = modelinfo.in_graph_scaling(index) is not None
+    if yolo and config.preset is None and PRESET_KEY not in metadata and not scaled:
+        notes.append("a YOLO-family detector: preset unit (RGB / 255), as its exporters use")
+    resize = config.resize or ("letterbox" if yolo else "stretch")
     candidate = graph.resolve_node(sized.model, config.node, sized)
     outputs = tuple(
         OutputInfo(name, index.shape(name), modelinfo.output_activation(index, name))
@@ -103,17 +115,21 @@ def prepare(config: ExplainerConfig) -> Prepared:
     dynamic = not all(isinstance(d, int) for d in shape[1:])
     return Prepared(
         metadata, norm, spec, candidate, feature_output, outputs, session, fixed, dynamic,
-        default_batch, labels, tuple(notes),
+        default_batch, labels, tuple(notes), kind, resize,
     )  # fmt: skip
 
 
 def _normalization(
-    config: ExplainerConfig, metadata: dict[str, str], index: graph.GraphIndex, notes: list[str]
+    config: ExplainerConfig,
+    metadata: dict[str, str],
+    index: graph.GraphIndex,
+    notes: list[str],
+    default: str,
 ) -> Normalization:
     """The preset, defaulting to ``raw`` when the graph rescales pixels itself."""
     scaling = modelinfo.in_graph_scaling(index)
     if scaling is None:
-        return normalization(config, metadata)
+        return normalization(config, metadata, default=default)
     chosen = preset_name(config, metadata, "raw")
     if chosen == "raw" and config.preset is None and PRESET_KEY not in metadata:
         notes.append(f"the model rescales pixels itself ({scaling}): using preset raw (0..255)")

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import ops
 from .errors import ConfigError, ImageError
+from .geometry import Geometry, fit_image
 from .images import DEFAULT_MAX_PIXELS, image_size_from_header, read_image
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Normalization",
     "as_rgb",
     "baseline_tensor",
+    "fit_tensor",
     "image_size_from_header",
     "read_image",
     "to_tensor",
@@ -108,21 +110,23 @@ def as_rgb(image: np.ndarray, *, source: str = "image") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    # Area averaging when shrinking avoids aliasing (close to torchvision's antialiased resize).
-    shrinking = width < rgb.shape[1] or height < rgb.shape[0]
-    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (width, height), interpolation=interp)
-
-
-def to_tensor(rgb: np.ndarray, spec: InputSpec, norm: Normalization) -> np.ndarray:
-    """Resize the whole image (no crop) to the model's size and normalise it.
+def to_tensor(
+    rgb: np.ndarray, spec: InputSpec, norm: Normalization, resize: str = "stretch"
+) -> np.ndarray:
+    """Fit the whole image (no crop) into the model's size and normalise it.
 
     Returns:
         A (1, C, H, W) or (1, H, W, C) array of the input's dtype.
     """
-    resized = _resize(rgb, spec.width, spec.height).astype(np.float32)
-    return _normalize(resized, spec, norm)
+    return fit_tensor(rgb, spec, norm, resize)[0]
+
+
+def fit_tensor(
+    rgb: np.ndarray, spec: InputSpec, norm: Normalization, resize: str = "stretch"
+) -> tuple[np.ndarray, Geometry]:
+    """:func:`to_tensor`, and where the image sits in the input (see :mod:`onnxcam.geometry`)."""
+    fitted, geometry = fit_image(rgb, spec.height, spec.width, resize)
+    return _normalize(fitted.astype(np.float32), spec, norm), geometry
 
 
 def _normalize(pixels: np.ndarray, spec: InputSpec, norm: Normalization) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .render import write_explanation
+from .render import Mark, write_explanation
 
 __all__ = ["SCHEMA_VERSION", "Result", "TargetResult", "file_names", "version"]
 
@@ -75,6 +75,18 @@ class TargetResult:
     @property
     def score(self) -> float:
         return float(self.info["score"])
+
+    def marks(self) -> tuple[Mark, ...]:
+        """The box the target is about (a detection, a segmentation region), with its label
+        and score, to draw on overlays; empty for targets without one."""
+        box = self.info.get("box")
+        if not isinstance(box, (list, tuple)) or len(box) != 4:
+            return ()
+        name = self.label or (
+            f"class {self.class_index}" if self.class_index is not None else self.kind
+        )
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return (((x0, y0, x1, y1), f"{name} {self.score:.2f}"),)
 
     def map_stats(self) -> dict[str, Any]:
         """Mean value, peak position ``[x, y]`` in image pixels, share of pixels at or above
@@ -223,4 +235,5 @@ class Result:
             alpha=alpha,
             source=self.source,
             emphasis=emphasize,
+            marks=[t.marks() for t in self.targets],
         )

@@ -10,6 +10,7 @@ from conftest import build_heads, build_tiny, head_weights, unit_input
 
 from onnxcam import ConfigError, Explainer, TargetError, parse_target
 from onnxcam.targets import (
+    AutoSpec,
     ClassSpec,
     EmbeddingSpec,
     IndexSpec,
@@ -51,7 +52,14 @@ def test_specs_parse_to_typed_values_and_print_back(text, expected):
 @pytest.mark.parametrize(
     ("text", "phrases"),
     [
-        ("clas:3", ["unknown kind 'clas'", "did you mean 'class'", "top, embedding, index"]),
+        (
+            "clas:3",
+            [
+                "unknown kind 'clas'",
+                "did you mean 'class'",
+                "top, detection, segmentation, embedding, index",
+            ],
+        ),
         ("class:3:prb=logit", ["unknown key 'prb'", "did you mean 'prob'", "prob, output"]),
         ("top:0", ["k='0' is not valid", "at least 1"]),
         ("class:-2", ["not valid", "class index"]),
@@ -96,7 +104,7 @@ def test_resolve_targets_from_what_the_api_takes():
     def fn(outputs):
         return outputs["logits"][:, 0]
 
-    assert resolve_targets(None) == [ClassSpec()]
+    assert resolve_targets(None) == [AutoSpec()]  # the top class of a classifier
     assert resolve_targets(np.int64(4)) == [ClassSpec(index=4)]
     assert resolve_targets(["top:2", 1]) == [TopSpec(k=2), ClassSpec(index=1)]
     assert resolve_targets(fn)[0].kind == "callable"

@@ -15,6 +15,7 @@ import click
 from .. import preprocess
 from ..errors import OnnxCamError
 from ..explain import Explainer
+from ..geometry import RESIZES
 from ..methods.scorecam import BASELINES, COMPAT, RANKS
 from ..outdir import is_output_folder, recorded_files
 from ..runtime import DEVICES
@@ -125,7 +126,9 @@ size_option = click.option(
 
 TARGET_HELP = (
     "What to explain (repeatable): a class number, or KIND[:VALUE][:key=value...] with KIND "
-    "class, top, embedding or index, e.g. top:5, embedding:ref=b.jpg (default: the top class)."
+    "class, top, detection, segmentation, embedding or index, e.g. top:5, "
+    "detection:box=10,20,200,240, segmentation:15 (default: every detection of a detector, the "
+    "main class of a segmenter, else the top class)."
 )
 
 # Options shared by every command that builds an Explainer, in the order --help shows them.
@@ -141,6 +144,9 @@ _EXPLAINER_OPTIONS = [
     size_option,
     click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
                  help="Override layout detection."),
+    click.option("--resize", type=click.Choice(RESIZES),
+                 help="Fit images by stretching or letterboxing (default: letterbox for "
+                      "YOLO-family detectors, else stretch)."),
     click.option("--target", "target_specs", multiple=True, metavar="SPEC", help=TARGET_HELP),
     click.option("--target-file", type=click.Path(path_type=Path),
                  help="Targets as JSON: an object or a list of objects with 'kind' and keys."),
@@ -206,6 +212,7 @@ def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
         bgr=options["bgr"],
         size=options["size"],
         layout=options["layout"],
+        resize=options["resize"],
         baseline=options["baseline"],
         options=scorecam_options,
         batch_size=options["batch_size"],

@@ -178,7 +178,10 @@ def explain(
                 stem = folder.claim(stems[path], names)
                 paths = result.save(out_dir, stem=stem, alpha=alpha, emphasize=emphasis)
                 if with_report:
-                    write_thumbnails(out_dir, stem, result.image, result.saliency, alpha=alpha)
+                    write_thumbnails(
+                        out_dir, stem, result.image, result.saliency, alpha=alpha,
+                        marks=result.targets[0].marks(),
+                    )  # fmt: skip
                 record = result.to_record(stem=stem, emphasized=emphasis is not None)
                 folder.record({"status": "ok", **record})
                 _report(path, result, paths)

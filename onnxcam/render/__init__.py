@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from .files import ensure_dir, write_atomic, write_explanation
-from .overlay import emphasize, overlay, saliency_image
+from .overlay import Mark, draw_marks, emphasize, overlay, saliency_image
 from .report import build_report, report_files, write_thumbnails
 
 __all__ = [
+    "Mark",
     "build_report",
+    "draw_marks",
     "emphasize",
     "ensure_dir",
     "overlay",

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import OutputError
-from .overlay import emphasize, overlay, saliency_image
+from .overlay import Mark, emphasize, overlay, saliency_image
 
 __all__ = ["ensure_dir", "write_atomic", "write_explanation"]
 
@@ -99,11 +99,13 @@ def write_explanation(
     alpha: float = 0.5,
     source: str | None = None,
     emphasis: float | None = None,
+    marks: Sequence[Sequence[Mark]] | None = None,
 ) -> dict[str, Path]:
     """Write, for each map, its overlay over ``image`` (when there is one), its grayscale PNG
     and its ``.npy`` (file names from ``names[i]``: ``overlay``, ``saliency``, ``npy``; with
     ``emphasis``, also ``emphasized``: the overlay of the map through :func:`emphasize`
-    around that threshold), then the record.
+    around that threshold), then the record. ``marks[i]`` (boxes and captions) are drawn on
+    map ``i``'s overlays.
 
     Returns:
         Every written path by ``"json"`` and ``"overlay"``/``"saliency"``/``"npy"``, the
@@ -125,14 +127,15 @@ def write_explanation(
                 raise OutputError(f"refusing to overwrite the input image {source}")
     for path in paths.values():
         ensure_dir(path.parent)  # stems may mirror the inputs' folders
-    for saliency, files in zip(maps, names, strict=True):
+    boxes = marks if marks is not None else [()] * len(maps)
+    for saliency, files, drawn in zip(maps, names, boxes, strict=True):
         if image is not None:
-            write_atomic(out_dir / files["overlay"], _png(overlay(image, saliency, alpha=alpha)))
+            picture = overlay(image, saliency, alpha=alpha, marks=drawn)
+            write_atomic(out_dir / files["overlay"], _png(picture))
             if emphasis is not None and "emphasized" in files:
                 steep = emphasize(saliency, emphasis)
-                write_atomic(
-                    out_dir / files["emphasized"], _png(overlay(image, steep, alpha=alpha))
-                )
+                picture = overlay(image, steep, alpha=alpha, marks=drawn)
+                write_atomic(out_dir / files["emphasized"], _png(picture))
         write_atomic(out_dir / files["saliency"], _png(saliency_image(saliency)))
         write_atomic(out_dir / files["npy"], _npy(saliency))
     write_atomic(paths["json"], (json.dumps(record, indent=2) + "\n").encode())

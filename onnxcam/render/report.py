@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from .files import write_atomic
-from .overlay import overlay
+from .overlay import Mark, overlay
 from .sheet import ORIGINAL_SIDE, SHEET_CAP, THUMB_SIDE, contact_sheet, thumbnail, write_jpeg
 
 __all__ = ["REPORT", "SHEET", "build_report", "report_files", "write_thumbnails"]
@@ -40,10 +40,16 @@ def report_files(stem: str) -> dict[str, str]:
 
 
 def write_thumbnails(
-    out_dir: Path, stem: str, image: np.ndarray | None, saliency: np.ndarray, *, alpha: float
+    out_dir: Path,
+    stem: str,
+    image: np.ndarray | None,
+    saliency: np.ndarray,
+    *,
+    alpha: float,
+    marks: Sequence[Mark] = (),
 ) -> None:
-    """The contact-sheet thumbnail (the first target's overlay, small) and the original for
-    the detail view, made from the arrays in memory (no file is read back)."""
+    """The contact-sheet thumbnail (the first target's overlay, small, with its boxes) and the
+    original for the detail view, made from the arrays in memory (no file is read back)."""
     names = report_files(stem)
     if image is None:  # a tensor explained without its image: the map alone
         small_map = thumbnail(cv2.cvtColor((saliency * 255).astype(np.uint8), cv2.COLOR_GRAY2RGB))
@@ -54,7 +60,12 @@ def write_thumbnails(
         small_map = cv2.resize(
             saliency, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA
         )
-        write_jpeg(out_dir / names["thumb"], overlay(small, small_map, alpha=alpha))
+        sx, sy = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
+        shrunk: list[Mark] = [
+            ((x0 * sx, y0 * sy, x1 * sx, y1 * sy), text) for (x0, y0, x1, y1), text in marks
+        ]
+        picture = overlay(small, small_map, alpha=alpha, marks=shrunk)
+        write_jpeg(out_dir / names["thumb"], picture)
     write_jpeg(out_dir / names["original"], np.ascontiguousarray(thumbnail(image, ORIGINAL_SIDE)))
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import ConfigError, TargetError
+from ..geometry import Geometry
 from ..graph import Dim
 
 __all__ = [
@@ -99,12 +100,19 @@ class BindContext:
         score_kind: what the method scores when a class target leaves ``prob`` at ``auto``:
             ``"probability"`` or ``"logit"``.
         embed: the clean outputs of another image (a path), run through the same model.
+        input_hw: the model input's (height, width) for this image.
+        geometry: where the image sits in the input (boxes and regions given in image
+            pixels map through it), None when a tensor came without its image.
+        metadata: the model's metadata (Ultralytics ``task``, ``names`` ...).
     """
 
     outputs: tuple[OutputInfo, ...]
     labels: Sequence[str] | None
     score_kind: str
     embed: Callable[[str], Outputs]
+    input_hw: tuple[int, int] = (0, 0)
+    geometry: Geometry | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
     def label(self, index: int) -> str | None:
         if self.labels is not None and 0 <= index < len(self.labels):
@@ -136,6 +144,7 @@ class TargetSpec(ABC):
     kind: ClassVar[str]
     value: ClassVar[str | None] = None
     keys: ClassVar[dict[str, Key]] = {}
+    aliases: ClassVar[dict[str, str]] = {}  # the key as written -> the field (``class``)
 
     @abstractmethod
     def bind(self, ctx: BindContext, clean: Outputs) -> list[Target]:
@@ -154,7 +163,8 @@ class TargetSpec(ABC):
             if current == f.default:
                 continue
             shown = self.keys[f.name].show(current)
-            parts.append(shown if f.name == self.value else f"{f.name}={shown}")
+            written = next((k for k, v in self.aliases.items() if v == f.name), f.name)
+            parts.append(shown if f.name == self.value else f"{written}={shown}")
         return ":".join(parts)
 
     @classmethod
@@ -175,21 +185,27 @@ class TargetSpec(ABC):
                 raise ConfigError(f"target '{text}': {cls.value} is given twice")
             given[cls.value] = value
         settings = {}
-        for name, text_value in given.items():
-            key = cls.keys.get(name)
+        for written, text_value in given.items():
+            name = cls.aliases.get(written, written)
+            if name in settings:
+                raise ConfigError(f"target '{text}': {written} is given twice")
+            hidden = written in cls.aliases.values() and written != cls.value  # behind an alias
+            key = None if hidden else cls.keys.get(name)
             if key is None:
-                raise ConfigError(_unknown_key(text, cls, name))
+                raise ConfigError(_unknown_key(text, cls, written))
             try:
                 settings[name] = key.parse(text_value)
             except (ValueError, TypeError):
                 raise ConfigError(
-                    f"target '{text}': {name}={text_value!r} is not valid; {name} takes {key.valid}"
+                    f"target '{text}': {written}={text_value!r} is not valid; {written} takes "
+                    f"{key.valid}"
                 ) from None
         return cls(**settings)
 
 
 def _unknown_key(text: str, cls: type[TargetSpec], name: str) -> str:
-    valid = [k for k in cls.keys if k != cls.value]
+    shown = {field: written for written, field in cls.aliases.items()}
+    valid = [shown.get(k, k) for k in cls.keys if k != cls.value]
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'? " if close else ""
     listed = ", ".join(valid) if valid else "none"

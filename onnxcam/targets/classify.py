@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError
+from . import keys as read
 from .base import (
     BindContext,
     Key,
@@ -41,28 +42,8 @@ __all__ = ["PROBS", "ClassSpec", "ClassTarget", "TopSpec"]
 PROBS = ("auto", "softmax", "sigmoid", "logit")
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _prob(text: str) -> str:
-    if text not in PROBS:
-        raise ValueError(text)
-    return text
-
-
 _OUTPUT = Key(str, "an output name of the model")
-_PROB = Key(_prob, "one of " + ", ".join(PROBS))
+_PROB = Key(read.choice(PROBS), "one of " + ", ".join(PROBS))
 
 
 def _transform(values: np.ndarray, mode: str) -> np.ndarray:
@@ -162,7 +143,7 @@ class ClassSpec(TargetSpec):
     kind: ClassVar[str] = "class"
     value: ClassVar[str | None] = "index"
     keys: ClassVar[dict[str, Key]] = {
-        "index": Key(_count, "a class index (0, 1, ...)"),
+        "index": Key(read.count, "a class index (0, 1, ...)"),
         "prob": _PROB,
         "output": _OUTPUT,
     }
@@ -190,7 +171,7 @@ class TopSpec(TargetSpec):
     kind: ClassVar[str] = "top"
     value: ClassVar[str | None] = "k"
     keys: ClassVar[dict[str, Key]] = {
-        "k": Key(_positive, "a number of classes, at least 1"),
+        "k": Key(read.positive, "a number of classes, at least 1"),
         "prob": _PROB,
         "output": _OUTPUT,
     }

@@ -15,17 +15,29 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .auto import AutoSpec
 from .base import TargetSpec
 from .classify import ClassSpec, TopSpec
 from .custom import CallableSpec
+from .detection import DetectionSpec
 from .embedding import EmbeddingSpec
 from .index import IndexSpec
+from .segmentation import SegmentationSpec
 
 __all__ = ["KINDS", "TargetLike", "load_target_file", "parse_target", "resolve_targets"]
 
 #: Target kinds by name; adding a kind is one module and one line here.
 KINDS: dict[str, type[TargetSpec]] = {
-    spec.kind: spec for spec in (ClassSpec, TopSpec, EmbeddingSpec, IndexSpec)
+    spec.kind: spec
+    for spec in (
+        ClassSpec,
+        TopSpec,
+        DetectionSpec,
+        SegmentationSpec,
+        EmbeddingSpec,
+        IndexSpec,
+        AutoSpec,
+    )
 }
 
 TargetLike = int | str | TargetSpec | Callable[..., Any]
@@ -113,14 +125,15 @@ def load_target_file(path: str | Path) -> list[TargetSpec]:
 
 
 def resolve_targets(target: TargetLike | Iterable[TargetLike] | None) -> list[TargetSpec]:
-    """Specs from what the API takes: None (the top class), a class number, spec text, a
+    """Specs from what the API takes: None (``auto``: detections for a detector, the main
+    class for a segmenter, else the top class), a class number, spec text, a
     spec, a callable ``outputs -> (B,)``, or a list of these.
 
     Raises:
         ConfigError: a value of another type, or a bad spec.
     """
     if target is None:
-        return [ClassSpec()]
+        return [AutoSpec()]
     if isinstance(target, TargetSpec):
         return [target]
     if isinstance(target, str):
