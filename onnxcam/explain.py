@@ -245,7 +245,18 @@ class Explainer:
 
     @property
     def candidate(self) -> graph.Candidate:
-        return self.prepared.candidate
+        """The explained node (the first, when several are)."""
+        return self.prepared.candidates[0]
+
+    @property
+    def candidates(self) -> tuple[graph.Candidate, ...]:
+        """Every explained node: one, or several whose channels are taken together."""
+        return self.prepared.candidates
+
+    @property
+    def node_label(self) -> str:
+        """The explained node's name, or the names joined by commas."""
+        return ",".join(c.label for c in self.prepared.candidates)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -331,10 +342,12 @@ class Explainer:
             except OnnxCamError as exc:
                 loaded.append(exc)
         model_outputs = tuple(o.name for o in self.prepared.outputs)
-        fetch = tuple(dict.fromkeys((*model_outputs, self.prepared.feature_output)))
+        features = self.prepared.feature_outputs
+        fetch = tuple(dict.fromkeys((*model_outputs, *features)))
         good = [item for item in loaded if isinstance(item, _Loaded)]
         feature = {
-            self.prepared.feature_output: f"the feature map of node '{self.candidate.label}'"
+            name: f"the feature map of node '{cand.label}'"
+            for name, cand in zip(features, self.candidates, strict=True)
         }
         jobs = [
             Job(1, one_input(item.x), fetch, dict, what="clean input", labels=feature)
@@ -351,19 +364,26 @@ class Explainer:
                 outcomes.append(done)
                 continue
             values = done.values
-            acts = ops.channels_first(
-                values[self.prepared.feature_output][0], self.candidate.layout
-            )
-            if min(acts.shape[1:]) < 2:
+            maps = [
+                ops.channels_first(values[name][0], cand.layout)
+                for name, cand in zip(features, self.candidates, strict=True)
+            ]
+            flat = [
+                (cand, m)
+                for cand, m in zip(self.candidates, maps, strict=True)
+                if min(m.shape[1:]) < 2
+            ]
+            if flat:
+                cand, m = flat[0]
                 outcomes.append(
                     NodeError(
-                        f"node '{self.candidate.label}' gives a {acts.shape[1]}×{acts.shape[2]} "
-                        f"map for an input of {item.spec.height}×{item.spec.width}: no spatial "
-                        "layout to explain; pick an earlier node (see `onnxcam nodes`) or a "
-                        "larger --size"
+                        f"node '{cand.label}' gives a {m.shape[1]}×{m.shape[2]} map for an input "
+                        f"of {item.spec.height}×{item.spec.width}: no spatial layout to explain; "
+                        "pick an earlier node (see `onnxcam nodes`) or a larger --size"
                     )
                 )
                 continue
+            acts = ops.stack_maps(maps)
             outputs = {name: values[name] for name in model_outputs}
             outcomes.append(
                 Forward(
@@ -590,8 +610,8 @@ class Explainer:
             image=fwd.rgb,
             targets=tuple(maps),
             model=model_name(self.config.model),
-            node=self.candidate.label,
-            tensor=self.candidate.tensor,
+            node=self.node_label,
+            tensor=",".join(c.tensor for c in self.candidates),
             method=self.method.name,
             options={
                 **self.method.options(),

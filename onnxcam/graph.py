@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -608,11 +608,80 @@ def _collapses_space(index: GraphIndex, node: onnx.NodeProto) -> bool:
 
 @dataclass(frozen=True)
 class AutoChoice:
-    """What ``--node auto`` picks, and why, in words."""
+    """What ``--node auto`` picks, and why, in words.
+
+    ``candidates`` holds every picked map (several for a multi-scale detector head, finest
+    first); ``candidate`` is the first.
+    """
 
     candidate: Candidate
     reason: str
     head: str | None  # the node where the classifier head starts, None without one
+    candidates: tuple[Candidate, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            object.__setattr__(self, "candidates", (self.candidate,))
+
+
+#: ``--node auto`` on a detector: the maps at the start of every scale's head (``all``), or
+#: only the finest scale's (``finest``). Chosen by the localisation measured on the shipped
+#: detector (BENCHMARKS.md, "Which node for a detector").
+DETECTOR_SCALES = "all"
+
+
+def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
+    """The maps where a detector's head begins, one per scale, finest first.
+
+    The head's *ends* are the spatial maps upstream of the detection ``outputs`` that feed no
+    other spatial map on the way (the last box and class convolutions of each scale, before
+    their anchors are flattened). Per scale (the ends' height and width), the head begins at
+    the last map of that scale of which every end of the scale is a descendant: the neck's
+    output that the box and class branches share (YOLOv8's ``cv2``/``cv3``, YOLOv5's ``m.i``
+    input). A scale whose ends share no such map keeps its end.
+
+    Raises:
+        NodeError: no spatial map leads to the outputs.
+    """
+    upstream = set().union(*(index.ancestors(name) for name in outputs))
+    candidates = [c for c in spatial_candidates(index.model, index) if c.index in upstream]
+    if not candidates:
+        raise NodeError("no spatial feature map leads to the detection outputs")
+    above = {c.tensor: index.ancestors(c.tensor) for c in candidates}
+
+    def feeds(a: Candidate, b: Candidate) -> bool:
+        return a.index in above[b.tensor] and a.index != b.index
+
+    ends = [c for c in candidates if not any(feeds(c, d) for d in candidates)]
+    scales: dict[tuple[Dim, Dim], list[Candidate]] = {}
+    for end in ends:
+        scales.setdefault(end.spatial, []).append(end)
+    picked = []
+    for grid, group in scales.items():
+        shared = [
+            c
+            for c in candidates
+            if c.spatial == grid and c not in group and all(feeds(c, e) for e in group)
+        ]
+        picked.append(max(shared, key=lambda c: c.index) if shared else group[-1])
+
+    def area(c: Candidate) -> int:
+        h, w = c.spatial
+        return (h if isinstance(h, int) else 0) * (w if isinstance(w, int) else 0)
+
+    picked.sort(key=area, reverse=True)
+    names = ", ".join(f"'{c.label}' {fmt_shape(c.shape)}" for c in picked)
+    if DETECTOR_SCALES == "finest" or len(picked) == 1:
+        return AutoChoice(
+            picked[0],
+            f"the map where the finest scale's detection head begins (scales: {names})",
+            None,
+        )
+    reason = (
+        f"the maps where each of the {len(picked)} scales' detection head begins, taken "
+        f"together (their channels upsampled to the finest grid): {names}"
+    )
+    return AutoChoice(picked[0], reason, None, tuple(picked))
 
 
 def auto_choice(index: GraphIndex) -> AutoChoice:
@@ -670,6 +739,37 @@ def auto_choice(index: GraphIndex) -> AutoChoice:
 def auto_candidate(model: onnx.ModelProto, index: GraphIndex | None = None) -> Candidate:
     """The candidate of :func:`auto_choice`."""
     return auto_choice(index or GraphIndex(model)).candidate
+
+
+def resolve_nodes(
+    model: onnx.ModelProto,
+    spec: str,
+    index: GraphIndex | None = None,
+    *,
+    detection: Sequence[str] | None = None,
+) -> tuple[Candidate, ...]:
+    """Resolve ``--node``: ``auto``, one node or tensor name, or several joined by commas
+    (``a,b,c``: Score-CAM takes its masks from the channels of all of them).
+
+    ``detection`` names a detector's outputs: ``auto`` then picks the maps where its head
+    begins (:func:`detector_choice`).
+
+    Raises:
+        NodeError: as :func:`resolve_node`, for the first name that fails.
+    """
+    index = index or GraphIndex(model)
+    if spec == "auto":
+        choice = detector_choice(index, detection) if detection else auto_choice(index)
+        return choice.candidates
+    names = [spec]
+    if "," in spec and not _names_a_node(index, spec):
+        names = [part.strip() for part in spec.split(",") if part.strip()]
+    found = [resolve_node(model, name, index) for name in names]
+    return tuple({c.tensor: c for c in found}.values())
+
+
+def _names_a_node(index: GraphIndex, spec: str) -> bool:
+    return spec in index.producer or any(n.name == spec for n in index.nodes)
 
 
 def resolve_node(model: onnx.ModelProto, spec: str, index: GraphIndex | None = None) -> Candidate:

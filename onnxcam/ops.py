@@ -20,6 +20,7 @@ __all__ = [
     "interp_matrix",
     "minmax",
     "resize_map",
+    "stack_maps",
     "upsample",
 ]
 
@@ -124,3 +125,15 @@ def resize_map(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
         saliency.astype(np.float32, copy=False), (width, height), interpolation=cv2.INTER_LINEAR
     )
     return np.clip(resized, 0.0, 1.0, out=resized)
+
+
+def stack_maps(maps: list[np.ndarray]) -> np.ndarray:
+    """Channel maps of several nodes, (K_i, h_i, w_i) each, as one (sum K_i, h, w) stack on
+    the finest grid (bilinear, :func:`upsample`); one map is returned as it is."""
+    if len(maps) == 1:
+        return maps[0]
+    h = max(m.shape[1] for m in maps)
+    w = max(m.shape[2] for m in maps)
+    return np.concatenate(
+        [m if m.shape[1:] == (h, w) else upsample(m.astype(np.float32), (h, w)) for m in maps]
+    )

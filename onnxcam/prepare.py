@@ -26,8 +26,8 @@ class Prepared:
         metadata: the model's ``metadata_props``.
         norm: the input normalisation.
         spec: what the image input wants (layout, size, channels, dtype).
-        candidate: the explained node.
-        feature_output: the graph output that carries the node's map.
+        candidates: the explained node(s): one, or several whose channels are taken together.
+        feature_outputs: the graph outputs that carry their maps, in the same order.
         outputs: the model's own outputs, in graph order.
         session: one session serving every pass.
         fixed_batch: the model's batch dimension when it could not be freed, else None.
@@ -42,8 +42,8 @@ class Prepared:
     metadata: dict[str, str]
     norm: Normalization
     spec: InputSpec
-    candidate: graph.Candidate
-    feature_output: str
+    candidates: tuple[graph.Candidate, ...]
+    feature_outputs: tuple[str, ...]
     outputs: tuple[OutputInfo, ...]
     session: Session
     fixed_batch: int | None
@@ -91,7 +91,8 @@ def prepare(config: ExplainerConfig) -> Prepared:
     if yolo and config.preset is None and PRESET_KEY not in metadata and not scaled:
         notes.append("a YOLO-family detector: preset unit (RGB / 255), as its exporters use")
     resize = config.resize or ("letterbox" if yolo else "stretch")
-    candidate = graph.resolve_node(sized.model, config.node, sized)
+    detection = kind.detection.outputs if kind.detection is not None else None
+    candidates = graph.resolve_nodes(sized.model, config.node, sized, detection=detection)
     outputs = tuple(
         OutputInfo(name, index.shape(name), modelinfo.output_activation(index, name))
         for name in index.outputs
@@ -99,11 +100,16 @@ def prepare(config: ExplainerConfig) -> Prepared:
     # The weights are held once: the loaded proto is ours, so it is rewritten in place, then
     # serialized, and dropped before ONNX Runtime makes its own copy.
     if config.fp16:
-        model = graph.to_float16(model)
-        exposed, feature_output = graph.expose_float32(model, candidate.tensor)
+        exposed = graph.to_float16(model)
+        feature_outputs = []
+        for cand in candidates:
+            exposed, name = graph.expose_float32(exposed, cand.tensor)
+            feature_outputs.append(name)
     else:
-        exposed = graph.expose(model, candidate.tensor, index, copy=False)
-        feature_output = candidate.tensor
+        exposed = model
+        for cand in candidates:
+            exposed = graph.expose(exposed, cand.tensor, index, copy=False)
+        feature_outputs = [cand.tensor for cand in candidates]
     del model
     plain, freed, batch_dim = _serialized(exposed, index)
     del exposed
@@ -114,7 +120,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     shape = index.shape(spec.name) or ()
     dynamic = not all(isinstance(d, int) for d in shape[1:])
     return Prepared(
-        metadata, norm, spec, candidate, feature_output, outputs, session, fixed, dynamic,
+        metadata, norm, spec, candidates, tuple(feature_outputs), outputs, session, fixed, dynamic,
         default_batch, labels, tuple(notes), kind, resize,
     )  # fmt: skip
 

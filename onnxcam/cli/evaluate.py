@@ -133,7 +133,7 @@ def evaluate(
             )
         document = {
             "model": str(model),
-            "node": explainer.candidate.label,
+            "node": explainer.node_label,
             "steps": steps,
             "substrate": substrate,
             "summary": table,

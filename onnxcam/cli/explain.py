@@ -56,7 +56,7 @@ def run_settings(
     config = explainer.config
     return {
         "model_sha256": model_sha256(config.model),
-        "node": explainer.candidate.tensor,
+        "node": ",".join(c.tensor for c in explainer.candidates),
         "method": explainer.method.name,
         "method_options": explainer.method.options(),
         "preprocess": asdict(explainer.norm),

@@ -26,6 +26,7 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
     proto, _ = graph.drop_unused_inputs(graph.load_model(model))
     index = graph.GraphIndex(proto)
     metadata = {p.key: p.value for p in proto.metadata_props}
+    kind = None
     try:
         spec = modelinfo.input_spec(
             index, layout=layout, size=size, default_size=modelinfo.metadata_size(metadata)
@@ -35,6 +36,8 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
             dims = (1, spec.height, spec.width, spec.channels)
         index = graph.GraphIndex(graph.with_input_size(proto, spec.name, dims))
         echo(f"input '{spec.name}' {graph.fmt_shape(index.shape(spec.name) or ())} {spec.layout}")
+        shapes = {name: index.shape(name) for name in index.outputs}
+        kind = modelinfo.model_kind(shapes, metadata, (spec.height, spec.width))
     except ConfigError:
         echo(f"input '{index.inputs[0]}' {graph.fmt_shape(index.shape(index.inputs[0]) or ())} "
              "(size known only with --size)")  # fmt: skip
@@ -45,14 +48,19 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
         raise click.ClickException(
             safe(f"{model} has no 4-D spatial feature map computed from its image input")
         )
+    choice: graph.AutoChoice | None
     try:
-        choice: graph.AutoChoice | None = graph.auto_choice(index)
+        if kind is not None and kind.detection is not None:
+            choice = graph.detector_choice(index, kind.detection.outputs)
+        else:
+            choice = graph.auto_choice(index)
     except OnnxCamError:
         choice = None
+    picked = {c.tensor for c in choice.candidates} if choice else set()
     owners = Counter(c.node for c in candidates)
     rows = [
         (
-            "*" if choice and c.tensor == choice.candidate.tensor else "",
+            "*" if c.tensor in picked else "",
             safe(c.node if c.node and owners[c.node] == 1 else c.tensor),
             safe(c.op_type),
             graph.fmt_shape(c.shape),
@@ -65,12 +73,16 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
     click.echo("")
     for row in [header, *rows]:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    echo("")
+    if kind is not None and kind.kind in ("detector", "segmenter"):
+        echo(_wrap(safe(f"model: a {kind.kind} ({kind.why})")))
+    elif choice is not None and choice.head:
+        echo(_wrap(f"model: a classifier; its head starts at {safe(choice.head)}"))
+    else:
+        echo("model: no classifier head (no node collapses a spatial map into a vector)")
     if choice is not None:
-        if choice.head:
-            echo(_wrap(f"\nmodel: a classifier; its head starts at {choice.head}"))
-        else:
-            echo("\nmodel: no classifier head (no node collapses a spatial map into a vector)")
-        echo(_wrap(f"* auto picks '{choice.candidate.label}': {choice.reason}"))
+        names = ",".join(c.label for c in choice.candidates)
+        echo(_wrap(safe(f"* auto picks '{names}': {choice.reason}")))
 
 
 def _wrap(text: str) -> str:
