@@ -624,6 +624,8 @@ class AutoChoice:
             object.__setattr__(self, "candidates", (self.candidate,))
 
 
+_SPLITTING_OPS = ("Split", "Slice", "Identity", "Transpose", "Reshape")
+
 #: ``--node auto`` on a detector: the maps at the start of every scale's head (``all``), or
 #: only the finest scale's (``finest``). Chosen by the localisation measured on the shipped
 #: detector (BENCHMARKS.md, "Which node for a detector").
@@ -635,10 +637,12 @@ def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
 
     The head's *ends* are the spatial maps upstream of the detection ``outputs`` that feed no
     other spatial map on the way (the last box and class convolutions of each scale, before
-    their anchors are flattened). Per scale (the ends' height and width), the head begins at
-    the last map of that scale of which every end of the scale is a descendant: the neck's
-    output that the box and class branches share (YOLOv8's ``cv2``/``cv3``, YOLOv5's ``m.i``
-    input). A scale whose ends share no such map keeps its end.
+    their anchors are flattened; a prediction convolution whose channels are then split
+    into box and class parts, as PicoDet's, counts as one end). Per scale (the ends' height and
+    width), the head begins at the last map of that scale of which every end of the scale is
+    a descendant: the neck's output that the box and class branches share (YOLOv8's
+    ``cv2``/``cv3``, YOLOv5's ``m.i`` input). A scale whose ends share no such map keeps its
+    end.
 
     Raises:
         NodeError: no spatial map leads to the outputs.
@@ -647,12 +651,25 @@ def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
     candidates = [c for c in spatial_candidates(index.model, index) if c.index in upstream]
     if not candidates:
         raise NodeError("no spatial feature map leads to the detection outputs")
-    above = {c.tensor: index.ancestors(c.tensor) for c in candidates}
+    above = {
+        c.tensor: {name for i in index.ancestors(c.tensor) for name in index.nodes[i].input}
+        for c in candidates
+    }
 
-    def feeds(a: Candidate, b: Candidate) -> bool:
-        return a.index in above[b.tensor] and a.index != b.index
+    def feeds(a: Candidate, b: Candidate) -> bool:  # tensors, not nodes: a Split has several
+        return a.tensor in above[b.tensor]
 
     ends = [c for c in candidates if not any(feeds(c, d) for d in candidates)]
+    by_tensor = {c.tensor: c for c in candidates}
+    for k, end in enumerate(ends):  # a prediction conv split into box and class channels
+        while True:
+            node = index.nodes[end.index]
+            source = by_tensor.get(node.input[0]) if node.input else None
+            if node.op_type not in _SPLITTING_OPS or source is None:
+                break
+            end = source
+        ends[k] = end
+    ends = list({e.tensor: e for e in ends}.values())
     scales: dict[tuple[Dim, Dim], list[Candidate]] = {}
     for end in ends:
         scales.setdefault(end.spatial, []).append(end)

@@ -14,6 +14,7 @@ from .labels import LabelError, labels_from_metadata, load_labels
 from .preprocess import InputSpec, Normalization
 from .runtime import Session, installed_runtimes
 from .targets import OutputInfo
+from .targets.detformats import YOLO_FORMATS
 
 __all__ = ["Prepared", "prepare"]
 
@@ -85,7 +86,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     kind = modelinfo.model_kind(
         {name: sized.shape(name) for name in index.outputs}, metadata, (spec.height, spec.width)
     )
-    yolo = kind.detection is not None and kind.detection.format != "boxes-scores"
+    yolo = kind.detection is not None and kind.detection.format in YOLO_FORMATS
     norm = _normalization(config, metadata, index, notes, "unit" if yolo else "imagenet")
     scaled = modelinfo.in_graph_scaling(index) is not None
     if yolo and config.preset is None and PRESET_KEY not in metadata and not scaled:

@@ -207,11 +207,12 @@ def test_bad_binds_name_the_fix(tmp_path):
         explainer.bind(fwd, "detection:class=7")
     with pytest.raises(TargetError, match=r"detection\(s\) scoring at least conf=0.5"):
         explainer.bind(fwd, "detection:index=9:conf=0.5")
-    empty = explainer.forward(scene(objects=()))
     with pytest.raises(TargetError) as info:
-        explainer.bind(empty, "detection:conf=0.9")
+        explainer.bind(fwd, "detection:conf=0.9")
     assert "conf=0.9" in str(info.value) and "lower it" in str(info.value)
-    assert "detection:conf=" in str(info.value)
+    assert "--target detection:conf=0.58" in str(info.value)  # 0.9 of the best, 0.640
+    with pytest.raises(TargetError, match=r"finds nothing in this image.*--preset"):
+        explainer.bind(explainer.forward(scene(objects=())), "detection")
     with pytest.raises(ConfigError, match="format=yolox expects"):
         explainer.bind(fwd, "detection:format=yolox:output=output0")
 

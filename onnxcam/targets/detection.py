@@ -190,7 +190,14 @@ class DetectionSpec(TargetSpec):
         j, c = np.unravel_index(int(np.argmax(scores)), scores.shape)
         label = ctx.label(int(c))
         named = f"class {c}" + (f" '{label}'" if label else "")
-        lower = max(0.01, round(float(scores[j, c]) * 0.9, 2))
+        best = float(scores[j, c])
+        if best < 0.01:
+            return (
+                f"target '{self.spec}': the detector finds nothing in this image (the best "
+                f"candidate, {named}, scores {best:.3f}); check the preprocessing (--preset, "
+                "--bgr, --resize), or name an object with detection:box=x0,y0,x1,y1"
+            )
+        lower = max(0.01, round(best * 0.9, 2))
         return (
             f"target '{self.spec}': no detection scores at least conf={self.conf:g} in this "
             f"image (the best candidate, {named}, scores {scores[j, c]:.3f}); lower it, e.g. "

@@ -19,6 +19,12 @@ Layouts (per image; ``A`` candidates, ``nc`` classes; boxes in input pixels):
 - ``boxes-scores``: two outputs, boxes ``(B, A, 4)`` or ``(B, A, 1, 4)`` as ``x1, y1, x2,
   y2`` (in pixels, or normalised to [0, 1] and then scaled by the input size) and class
   scores ``(B, A, nc)``, no objectness (e.g. YOLOv4 through darknet2onnx, SSD-style heads).
+- ``picodet``: per scale, class scores after sigmoid ``(B, A_s, nc)`` and box distributions
+  ``(B, A_s, 4 · bins)`` (GFL/DFL logits: PaddleDetection PP-PicoDet exported without its
+  post-processing, e.g. the layout models of RapidAI and PP-Structure). Scales are told
+  apart by their anchor counts (strides 8, 16, 32, 64); anchor centres are
+  ``((j + 0.5) s, (i + 0.5) s)`` and each side is ``s · Σ_k k · softmax(d)_k`` away from the
+  centre.
 
 ``auto`` reads the layout from the output shapes and the Ultralytics metadata (``task``,
 ``names``); anything it cannot tell apart is an error naming the formats and ``format=``.
@@ -36,6 +42,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "FORMATS",
+    "YOLO_FORMATS",
     "Candidates",
     "Layout",
     "box_iou",
@@ -46,7 +53,8 @@ __all__ = [
     "ultralytics_task",
 ]
 
-FORMATS = ("auto", "yolov8", "yolov5", "yolox", "nms", "boxes-scores")
+FORMATS = ("auto", "yolov8", "yolov5", "yolox", "nms", "boxes-scores", "picodet")
+YOLO_FORMATS = ("yolov8", "yolov5", "yolox", "nms")
 STRIDES = (8, 16, 32)
 
 
@@ -59,8 +67,12 @@ class Layout:
         outputs: the output(s) read: one name, or boxes then scores for ``boxes-scores``.
         classes: ``nc``, the number of classes.
         transposed: ``yolov8`` stored as ``(B, A, C)``.
-        iou: the exporter's own NMS IoU threshold (0.7 Ultralytics, 0.45 YOLOv5/YOLOX).
+        iou: the exporter's own NMS IoU threshold (0.7 Ultralytics, 0.45 YOLOv5/YOLOX, 0.5
+            PicoDet).
         why: how the layout was recognised, in words.
+        strides: ``picodet``: each scale's stride; its ``outputs`` are the scales' class
+            scores, then their box distributions, in the same order.
+        bins: ``picodet``: bins per box side.
     """
 
     format: str
@@ -69,6 +81,8 @@ class Layout:
     transposed: bool = False
     iou: float = 0.45
     why: str = ""
+    strides: tuple[int, ...] = ()
+    bins: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,17 @@ def detect_layout(
         three = {output: shapes[output]} if output in three else {}
     if wanted == "boxes-scores" or (wanted == "auto" and not three):
         return _boxes_scores(shapes, wanted)
+    if wanted == "picodet" or (wanted == "auto" and len(three) > 2 and output is None):
+        found = _picodet(three, input_hw, names, values)
+        if found is not None or wanted == "picodet":
+            if found is None:
+                raise ConfigError(
+                    "format=picodet needs, per scale, class scores (batch, A, classes) and box "
+                    "distributions (batch, A, 4 x bins) with A the cells of strides 8, 16, 32 "
+                    "(and 64); the model's outputs are "
+                    + ", ".join(f"'{n}' {tuple(s)}" for n, s in shapes.items())
+                )
+            return found
     if wanted == "auto" and len(three) > 1 and output is None:
         pair = _boxes_scores(shapes, wanted)
         if pair is not None:
@@ -284,6 +309,50 @@ def _boxes_scores(shapes: Mapping[str, tuple[int | None, ...]], wanted: str) -> 
     return None
 
 
+def _picodet(
+    three: Mapping[str, tuple[int | None, ...]],
+    input_hw: tuple[int, int],
+    names: list[str] | None,
+    values: Mapping[str, np.ndarray] | None,
+) -> Layout | None:
+    """Pairs of per-scale class scores and box distributions, or None."""
+    height, width = input_hw
+    stride_of = {-(-height // s) * -(-width // s): s for s in (*STRIDES, 64)}
+    by_count: dict[int, list[str]] = {}
+    for name, shape in three.items():
+        if shape[1] not in stride_of:
+            return None
+        by_count.setdefault(int(shape[1]), []).append(name)
+    if len(by_count) < 2 or any(len(pair) != 2 for pair in by_count.values()):
+        return None
+    scores, dists = [], []
+    for count in sorted(by_count, reverse=True):  # finest scale first
+        a, b = by_count[count]
+        ca, cb = int(three[a][2]), int(three[b][2])  # type: ignore[arg-type]
+        if values is not None:  # the distributions are logits, the scores are in [0, 1]
+            a_unit = float(np.min(values[a])) >= 0 and float(np.max(values[a])) <= 1
+            b_unit = float(np.min(values[b])) >= 0 and float(np.max(values[b])) <= 1
+            if a_unit != b_unit:
+                a, b, ca, cb = (a, b, ca, cb) if a_unit else (b, a, cb, ca)
+        elif (names is not None and cb == len(names)) or (ca % 4 == 0 and cb % 4 != 0):
+            a, b, ca, cb = b, a, cb, ca
+        if cb % 4 != 0:
+            return None
+        scores.append(a)
+        dists.append(b)
+    classes = {int(three[n][2]) for n in scores}  # type: ignore[arg-type]
+    bins = {int(three[n][2]) // 4 for n in dists}  # type: ignore[arg-type]
+    if len(classes) != 1 or len(bins) != 1:
+        return None
+    strides = tuple(stride_of[int(three[n][1])] for n in scores)  # type: ignore[arg-type]
+    nc, k = classes.pop(), bins.pop()
+    why = (
+        f"{len(scores)} scales (strides {', '.join(map(str, strides))}) of class scores "
+        f"({nc} classes) and box distributions ({k} bins a side): a PicoDet head"
+    )
+    return Layout("picodet", (*scores, *dists), nc, False, 0.5, why, strides, k)
+
+
 def _xywh(b: np.ndarray) -> np.ndarray:
     half = b[..., 2:4] / 2
     return np.concatenate([b[..., 0:2] - half, b[..., 0:2] + half], axis=-1)
@@ -330,6 +399,8 @@ def decode(
         onehot = np.zeros((*value.shape[:2], n_classes))
         np.put_along_axis(onehot, index[..., None], 1.0, axis=-1)
         return Candidates(value[..., :4], value[..., 4], onehot)
+    if layout.format == "picodet":
+        return _decode_picodet(layout, outputs, input_hw)
     boxes = value.reshape(value.shape[0], -1, 4)
     scores = np.asarray(outputs[layout.outputs[1]], np.float64)
     if scores.shape[1] != boxes.shape[1] and scores.shape[2] == boxes.shape[1]:
@@ -338,6 +409,28 @@ def decode(
         h, w = input_hw
         boxes = boxes * np.array([w, h, w, h], np.float64)
     return Candidates(boxes, np.ones(scores.shape[:2]), scores)
+
+
+def _decode_picodet(
+    layout: Layout, outputs: Mapping[str, np.ndarray], input_hw: tuple[int, int]
+) -> Candidates:
+    height, width = input_hw
+    n = len(layout.strides)
+    boxes, scores = [], []
+    for s, score_name, dist_name in zip(
+        layout.strides, layout.outputs[:n], layout.outputs[n:], strict=True
+    ):
+        gh, gw = -(-height // s), -(-width // s)
+        ys, xs = np.mgrid[0:gh, 0:gw]
+        centres = np.stack([(xs.ravel() + 0.5) * s, (ys.ravel() + 0.5) * s], axis=1)
+        logits = np.asarray(outputs[dist_name], np.float64)
+        logits = logits.reshape(logits.shape[0], -1, 4, layout.bins)
+        logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        sides = (logits / logits.sum(axis=-1, keepdims=True)) @ np.arange(layout.bins) * s
+        boxes.append(np.concatenate([centres - sides[..., :2], centres + sides[..., 2:]], axis=-1))
+        scores.append(np.asarray(outputs[score_name], np.float64))
+    classes = np.concatenate(scores, axis=1)
+    return Candidates(np.concatenate(boxes, axis=1), np.ones(classes.shape[:2]), classes)
 
 
 def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
