@@ -48,6 +48,7 @@ class Forward:
         given_tensor: ``x`` is the caller's tensor, not onnxcam's preprocessing of ``rgb``.
         geometry: where the image sits in ``x`` (stretched or letterboxed); None without an
             image.
+        groups: with several nodes, how many of ``acts``' channels each gave, in order.
     """
 
     source: str | None
@@ -60,6 +61,7 @@ class Forward:
     spec: preprocess.InputSpec
     given_tensor: bool = False
     geometry: Geometry | None = None
+    groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -397,6 +399,7 @@ class Explainer:
                     item.spec,
                     item.given_tensor,
                     item.geometry,
+                    tuple(m.shape[0] for m in maps) if len(maps) > 1 else (),
                 )
             )
         return outcomes
@@ -551,7 +554,7 @@ class Explainer:
 
     def clean(self, fwd: Forward) -> Clean:
         """The image as a method sees it."""
-        return Clean(fwd.x, fwd.rgb, fwd.acts, fwd.spec, self.norm)
+        return Clean(fwd.x, fwd.rgb, fwd.acts, fwd.spec, self.norm, fwd.groups)
 
     def _prepare_passes(self, fwd: Forward, specs: Sequence[TargetSpec]) -> _Bound:
         targets = self._bind(fwd, specs)

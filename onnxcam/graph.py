@@ -696,7 +696,7 @@ def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
         )
     reason = (
         f"the maps where each of the {len(picked)} scales' detection head begins, taken "
-        f"together (their channels upsampled to the finest grid): {names}"
+        f"together (one map per scale from its own channels, averaged): {names}"
     )
     return AutoChoice(picked[0], reason, None, tuple(picked))
 

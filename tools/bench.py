@@ -289,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         [plain, with_output], shape, spec.dtype, batch, args.floor_batches, outputs=[cls]
     )
     print(
-        f"model: {args.model.name}, node {explainer.candidate.label} "
-        f"{explainer.candidate.shape}, {flops / 1e9:.2f} GFLOP/image, batch {batch}"
+        f"model: {args.model.name}, node {explainer.node_label} "
+        f"{', '.join(str(c.shape) for c in explainer.candidates)}, "
+        f"{flops / 1e9:.2f} GFLOP/image, batch {batch}"
     )
     print(f"floor: {per_image * 1e3:.2f} ms/image ({flops / per_image / 1e9:.1f} GFLOP/s)")
     print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from .base import Clean, Method, Plan, TargetMap
+from .base import Clean, Method, Plan, TargetMap, fuse_nodes
 
 __all__ = ["ActivationMap"]
 
@@ -28,5 +28,8 @@ class ActivationMap(Method):
     def combine(
         self, clean: Clean, plan: Plan, scores: np.ndarray, clean_score: float
     ) -> TargetMap:
-        mean = clean.acts.mean(axis=0, dtype=np.float64)
-        return TargetMap(ops.minmax(ops.upsample(mean, clean.size)[None])[0])
+        def one(channels: slice) -> np.ndarray:
+            mean = clean.acts[channels].mean(axis=0, dtype=np.float64)
+            return ops.minmax(ops.upsample(mean, clean.size)[None])[0]
+
+        return TargetMap(fuse_nodes(clean, one))

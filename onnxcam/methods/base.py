@@ -10,6 +10,7 @@ plan. A method that needs no passes (a map read from the activations alone) plan
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..preprocess import InputSpec, Normalization
 
-__all__ = ["Clean", "Method", "Plan", "TargetMap", "no_inputs"]
+__all__ = ["Clean", "Method", "Plan", "TargetMap", "fuse_nodes", "no_inputs"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class Clean:
         acts: the node's activations, channels first: (K, h, w) float32.
         spec: the model input's layout, size and dtype.
         norm: the normalisation that made ``x`` from pixels.
+        groups: when ``acts`` stacks the channels of several nodes, how many each gave, in
+            order; empty for one node. A method that turns channels into a map makes one map
+            per node and fuses them (:func:`fuse_nodes`).
     """
 
     x: np.ndarray
@@ -41,11 +45,33 @@ class Clean:
     acts: np.ndarray
     spec: InputSpec
     norm: Normalization
+    groups: tuple[int, ...] = ()
 
     @property
     def size(self) -> tuple[int, int]:
         """(H, W) of the model input: the resolution of every map."""
         return (self.spec.height, self.spec.width)
+
+
+def fuse_nodes(clean: Clean, one: Callable[[slice], np.ndarray]) -> np.ndarray:
+    """The map of several nodes: ``one(channels)`` for each node's slice of channels (a map
+    whose maximum is 1, or all zero), averaged over the nodes and scaled to a maximum of 1.
+
+    With one node this is ``one`` of every channel. Each node counts equally whatever the
+    scale of its activations, so a coarse map with large values cannot drown a fine one; where
+    only some nodes' maps agree, the fused map is lower. (Stacking every channel into one sum
+    instead let the largest activations win: on the shipped detector it put the maximum
+    inside the object's box less often; see README, "Which node".)
+    """
+    if len(clean.groups) < 2:
+        return one(slice(None))
+    edges = np.cumsum((0, *clean.groups))
+    maps = [one(slice(int(a), int(b))) for a, b in itertools.pairwise(edges)]
+    fused = np.stack(maps).mean(axis=0, dtype=np.float64)
+    peak = float(fused.max(initial=0.0))
+    if peak <= 0.0 or not np.isfinite(peak):
+        return np.zeros(fused.shape, np.float32)
+    return (fused / peak).astype(np.float32)
 
 
 def no_inputs(chunk: int) -> Iterator[np.ndarray]:

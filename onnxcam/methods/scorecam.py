@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import ops, preprocess
 from ..errors import ConfigError
-from .base import Clean, Method, Plan, TargetMap
+from .base import Clean, Method, Plan, TargetMap, fuse_nodes
 
 __all__ = [
     "BASELINES",
@@ -171,6 +171,24 @@ def top_channels(acts: np.ndarray, n: int, rank: str = "std") -> np.ndarray:
     order = np.argsort(-key, kind="stable")
     keep = np.zeros(acts.shape[0], bool)
     keep[order[: min(n, int((~constant).sum()))]] = True
+    return keep
+
+
+def top_channels_per_node(
+    acts: np.ndarray, groups: tuple[int, ...], n: int, rank: str = "std"
+) -> np.ndarray:
+    """:func:`top_channels` with the ``n`` shared equally among several nodes (``groups``:
+    each node's channel count; the first nodes get the remainder), so that every node's map,
+    fused with the others' as equals, is estimated from as many channels."""
+    if len(groups) < 2:
+        return top_channels(acts, n, rank)
+    keep = np.zeros(acts.shape[0], bool)
+    start = 0
+    for i, count in enumerate(groups):
+        quota = n // len(groups) + int(i < n % len(groups))
+        if quota:
+            keep[start : start + count] = top_channels(acts[start : start + count], quota, rank)
+        start += count
     return keep
 
 
@@ -338,7 +356,7 @@ class ScoreCam(Method):
         constant, reps, owner = distinct_channels(acts, eps=options.mask_eps)
         selected = np.ones(acts.shape[0], bool)
         if options.top_channels is not None:
-            selected = top_channels(acts, options.top_channels, options.rank)
+            selected = top_channels_per_node(acts, clean.groups, options.top_channels, options.rank)
         run = selected & ~constant
         groups = np.unique(owner[run])
         if self.budget_s is not None:  # best first: the order the fast modes rank by
@@ -401,7 +419,9 @@ class ScoreCam(Method):
                 base_score,
                 channel_softmax=self.settings.channel_softmax,
             )
-        cam = combine(clean.acts, weights, clean.size, self.settings).astype(np.float32)
+        cam = fuse_nodes(
+            clean, lambda ch: combine(clean.acts[ch], weights[ch], clean.size, self.settings)
+        ).astype(np.float32)
         if plan.budget_s is None:
             return TargetMap(cam)
         info: dict[str, Any] = {"masks_run": len(masked), "masks_planned": len(channels.reps)}
