@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "ConfigError",
     "DeviceError",
     "ImageError",
@@ -54,3 +55,8 @@ class TargetError(OnnxCamError):
 
 class TimeLimitError(OnnxCamError):
     """An image's passes took longer than the time limit (the model may never finish)."""
+
+
+class ClusterError(OnnxCamError):
+    """A distributed run cannot start or goes on no further: Ray missing or unreachable, a
+    request the cluster cannot meet, an output folder the workers do not share, a stall."""

@@ -21,7 +21,13 @@ import numpy as np
 from .errors import ImageError
 from .quiet import native_stderr_silenced
 
-__all__ = ["DEFAULT_MAX_PIXELS", "HEADER_BYTES", "image_size_from_header", "read_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "HEADER_BYTES",
+    "decode_image",
+    "image_size_from_header",
+    "read_image",
+]
 
 DEFAULT_MAX_PIXELS = 100_000_000
 HEADER_BYTES = 1 << 20  # enough for a JPEG's SOF after large EXIF/ICC segments
@@ -60,7 +66,7 @@ def _kind(path: Path) -> str:
     return "is not a regular file"
 
 
-def _check_size(path: Path, width: int, height: int, max_pixels: int) -> None:
+def _check_size(path: Path | str, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageError(
             f"{path}: image is {width}×{height} = {width * height:,} pixels, above the limit of "
@@ -161,8 +167,6 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     Raises:
         ImageError: see the module docstring.
     """
-    from .preprocess import as_rgb
-
     path = Path(path)
     problem = _kind(path)
     if problem:
@@ -186,6 +190,26 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    return decode_image(data, name=str(path), max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file's bytes (read from anywhere, e.g. object storage) as RGB uint8
+    (H, W, 3) with the same checks and conversions as :func:`read_image`; ``name`` is what
+    the errors call it.
+
+    Raises:
+        ImageError: empty, over the pixel limit, truncated, or not decodable.
+    """
+    from .preprocess import as_rgb
+
+    path = name
+    if not data:
+        raise ImageError(f"{path}: image file is empty")
+    size = image_size_from_header(data[:HEADER_BYTES])
+    if size is not None:
+        _check_size(path, size[0], size[1], max_pixels)
+        _check_plausible(path, data[:HEADER_BYTES], size, len(data))
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:]:
         raise ImageError(f"{path}: JPEG is truncated (no end-of-image marker)")
     try:
@@ -209,7 +233,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     return as_rgb(rgb, source=str(path))
 
 
-def _check_plausible(path: Path, head: bytes, size: tuple[int, int], nbytes: int) -> None:
+def _check_plausible(path: Path | str, head: bytes, size: tuple[int, int], nbytes: int) -> None:
     """A compressed file far smaller than its claimed pixels could ever be is corrupt."""
     kind = _format(head)
     if kind is None:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from .errors import OutputError
@@ -38,8 +38,10 @@ __all__ = [
     "OutputFolder",
     "fingerprint",
     "is_output_folder",
+    "natural_stems",
     "recorded_files",
     "relative_stems",
+    "unique_stems",
 ]
 
 MANIFEST = "run.json"
@@ -56,20 +58,29 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 def relative_stems(inputs: Sequence[Path]) -> list[str]:
     """Stems that mirror the inputs' folders below their common folder; duplicates get
     ``_2``, ``_3``, ... (never equal to another input's stem)."""
-    if not inputs:
+    return unique_stems(natural_stems([p.resolve() for p in inputs]))
+
+
+def natural_stems(locations: Sequence[PurePath]) -> list[str]:
+    """Each absolute location's folders below the locations' common folder, and its stem
+    (``image`` for a name that has none), taken as they are (no file system call, so that
+    object-store keys mirror like files); two locations may share one."""
+    if not locations:
         return []
-    parents = [str(p.resolve().parent) for p in inputs]
-    root = Path(os.path.commonpath(parents))
-    natural = []
-    for path in inputs:
-        rel = path.resolve().parent.relative_to(root) / (path.stem or "image")
-        natural.append(rel.as_posix())
+    root = PurePath(os.path.commonpath([str(p.parent) for p in locations]))
+    return [(p.parent.relative_to(root) / (p.stem or "image")).as_posix() for p in locations]
+
+
+def unique_stems(natural: Sequence[str], *, avoid: Iterable[str] = ()) -> list[str]:
+    """``natural`` with a stem taken twice, or one in ``avoid``, bumped to the next free
+    ``_2``, ``_3``, ... (never another's natural stem)."""
     taken: set[str] = set()
     reserved = set(natural)
+    blocked = set(avoid)
     stems = []
     for stem in natural:
         chosen, n = stem, 1
-        while chosen in taken or (chosen != stem and chosen in reserved):
+        while chosen in taken or chosen in blocked or (chosen != stem and chosen in reserved):
             n += 1
             chosen = f"{stem}_{n}"
         taken.add(chosen)
@@ -238,6 +249,12 @@ class OutputFolder:
             if self._results.read(1) != "\n":  # a line cut by a kill: end it, it stays ignored
                 self._results.write("\n")
 
+    @property
+    def protected(self) -> frozenset[Path]:
+        """The files no image may write to: the inputs and what was here before the run that
+        is not this folder's own results (resolved paths)."""
+        return frozenset(self._protected)
+
     def is_finished(self, source: Path) -> bool:
         """An earlier run with the same settings explained ``source`` completely."""
         return str(source) in self.finished
@@ -259,8 +276,15 @@ class OutputFolder:
 
     def record(self, line: Mapping[str, Any]) -> None:
         """Append one line to ``results.jsonl`` in a single write, flushed to disk."""
-        text = json.dumps(line) + "\n"
-        self._kept = self._kept or line.get("status") == "ok"
+        self.record_many([line])
+
+    def record_many(self, lines: Sequence[Mapping[str, Any]]) -> None:
+        """Append several lines in a single write and one flush to disk (a distributed run
+        gets rows a batch at a time)."""
+        if not lines:
+            return
+        text = "".join(json.dumps(line) + "\n" for line in lines)
+        self._kept = self._kept or any(line.get("status") == "ok" for line in lines)
         self._results.write(text)
         self._results.flush()
         os.fsync(self._results.fileno())
