@@ -26,6 +26,7 @@ from .common import (
     report_error,
     target_specs,
 )
+from .scale import engine_options, explain_on_ray, refuse_ray_options
 
 
 def _channels(result: Result) -> str:
@@ -80,7 +81,7 @@ def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], lis
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option(
     "-o",
     "--output",
@@ -127,9 +128,10 @@ def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], lis
     is_flag=True,
     help="Replace the results in -o, even those made with other settings.",
 )
+@engine_options
 def explain(
     model: Path,
-    images: tuple[Path, ...],
+    images: tuple[str, ...],
     out_dir: Path,
     alpha: float,
     emphasize: bool,
@@ -146,11 +148,18 @@ def explain(
     """
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    emphasis = emphasize_threshold if emphasize else None
+    if options["engine"] == "ray":  # a whole dataset on Ray Data (onnxcam.cli.scale)
+        explain_on_ray(
+            model, images, out_dir=out_dir, alpha=alpha, emphasis=emphasis, report=report,
+            overwrite=overwrite, options=options,
+        )  # fmt: skip
+        return
+    refuse_ray_options(options)
     targets = target_specs(options)
-    files = image_files(images, exclude=out_dir)
+    files = image_files(tuple(map(Path, images)), exclude=out_dir)
     explainer = open_explainer(model, options)
     settings = run_settings(explainer, targets, alpha)
-    emphasis = emphasize_threshold if emphasize else None
     settings["emphasize"] = emphasis
     stems = dict(zip(files, relative_stems(files), strict=True))
     with_report = report if report is not None else len(files) > 1
