@@ -15,6 +15,8 @@ For a model, node, image, thread count and batch size it prints:
   Insertion AUC;
 - with --vs-grad-cam NAME (torch, torchvision and grad-cam importable): pytorch-grad-cam's
   ScoreCAM on the same weights, image and threads, and the time ratio;
+- with --engine ray: a whole folder through the local engine and Ray pools of --workers
+  (tools/bench_dataset.py): images per second and Ray's overhead per image;
 - with --targets SPEC (e.g. top:5): the wall time of explaining the image for every target of
   SPEC against one target (--one SPEC, default the model's default target: the top class of
   a classifier; for a detector pass --one detection:index=0 --targets detection:max=10), runs
@@ -70,6 +72,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SPEC",
         help="the single target --targets is compared with (default: the model's default "
         "target; for a detector e.g. detection:index=0)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: time a folder on the local engine and on Ray (tools/bench_dataset.py)",
+    )
+    p.add_argument("--workers", default="1,2", help="with --engine ray: Ray pool sizes to time")
+    p.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="with --engine ray: the images to explain (default: --count synthetic ones)",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=48,
+        help="with --engine ray and no --folder: synthetic images to explain",
     )
     p.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--forward-batch", type=int, default=None, help=argparse.SUPPRESS)
@@ -246,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[var] = str(args.threads)
     if args.rss_child:
         rss_child(args)
+        return
+    if args.engine == "ray":
+        from bench_dataset import run  # this folder: tools/ is on sys.path as a script's
+
+        run(args)
         return
 
     import numpy as np
