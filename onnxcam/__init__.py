@@ -2,6 +2,7 @@
 
 from .config import ExplainerConfig
 from .errors import (
+    ClusterError,
     ConfigError,
     DeviceError,
     ImageError,
@@ -25,6 +26,7 @@ __all__ = [
     "KINDS",
     "METHODS",
     "SCHEMA_VERSION",
+    "ClusterError",
     "ConfigError",
     "DeviceError",
     "Explainer",
