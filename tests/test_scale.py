@@ -225,6 +225,9 @@ def test_preflight_refuses_what_a_cluster_cannot_run(tmp_path):
     with pytest.raises(ClusterError, match="a worker needs 4 CPUs"):
         check_resources(cpus, workers=None, cpus_per_worker=4, gpus_per_worker=0)
     assert check_resources(cpus, workers=None, cpus_per_worker=1, gpus_per_worker=0) == (2, 2)
+    # a Dataset with read tasks deadlocks when its actors hold every CPU
+    with pytest.raises(ClusterError, match=r"2 CPUs and 0 GPUs \(1 CPU left for reading and"):
+        check_resources(cpus, workers=(2, 2), cpus_per_worker=1, gpus_per_worker=0, reserve_cpus=1)
     assert check_resources(
         {"CPU": 16, "GPU": 2}, workers=(1, 8), cpus_per_worker=2, gpus_per_worker=0.5
     ) == (1, 8)  # fmt: skip
@@ -260,3 +263,17 @@ def test_ray_options_need_the_ray_engine(tmp_path):
     assert result.exit_code == 2 and "need 1 <= MIN <= MAX" in result.output
     result = runner.invoke(cli, [*args, "--engine", "ray", "--max-crashes", "0"])
     assert result.exit_code == 2 and "--max-crashes" in result.output
+
+
+def test_without_the_extra_the_ray_engine_is_one_line(tmp_path, monkeypatch):
+    image = write_shapes(tmp_path / "data", 1)[0]
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if onnxcam[ray] were not installed
+    monkeypatch.delitem(sys.modules, "onnxcam.scale.ray", raising=False)
+    out = tmp_path / "out"
+    args = ["explain", str(SHAPES_MODEL), str(image), "-o", str(out), "--engine", "ray"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: --engine ray needs Ray Data (ray is missing): pip install 'onnxcam[ray]'\n"
+    )
+    assert not out.exists()

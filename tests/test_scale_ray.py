@@ -19,7 +19,7 @@ import shapes_data
 from click.testing import CliRunner
 from shapes_data import SHAPES_MODEL, Holder, KillOn, write_bad, write_shapes
 
-from onnxcam import Explainer
+from onnxcam import ClusterError, Explainer
 from onnxcam.cli import cli
 
 ray = pytest.importorskip("ray")
@@ -122,6 +122,8 @@ def test_a_users_dataset_gives_a_lazy_dataset_of_rows(cluster, tmp_path):
     paths = [str(p) for p in write_shapes(tmp_path / "data", 5, split=False)]
     explainer = Explainer(SHAPES_MODEL, threads=1)
     ds = ray.data.from_items([{"path": p, "extra": i} for i, p in enumerate(paths)])
+    with pytest.raises(ClusterError, match="at most 1 can run"):  # no CPU left to read ds
+        explain_dataset(ds, explainer, out_dir=tmp_path / "out", workers=2)
     rows = explain_dataset(ds, explainer, out_dir=tmp_path / "out", thumbnails=False)
     assert not list((tmp_path / "out").glob("**/*.npy"))  # lazy: nothing ran yet
     assert rows.schema().names == ROW_SCHEMA.names

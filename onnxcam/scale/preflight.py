@@ -23,17 +23,23 @@ def check_resources(
     workers: tuple[int, int] | None,
     cpus_per_worker: float,
     gpus_per_worker: float,
+    reserve_cpus: float = 0.0,
 ) -> tuple[int, int]:
     """The pool to start on a cluster with ``resources``, or a :class:`ClusterError` saying
     why Ray would wait forever.
 
-    The manifest is read and the table written by the job's own process, outside Ray's
-    accounting, so the workers may take every CPU; a pool that does not fit would wait
-    (for a GPU: in silence, for 30 minutes and more). Default: as many workers as fit.
+    ``reserve_cpus`` are left for the tasks that read the Dataset and write its output: a
+    pool that takes every CPU deadlocks a Dataset that has such tasks (its actors wait for
+    blocks that no task can run to make). The managed job reads its manifest and writes its
+    table in its own process, outside Ray's accounting, so it reserves none. A pool that does
+    not fit would wait (for a GPU: in silence, for 30 minutes and more). Default: as many
+    workers as fit.
     """
-    cpus = float(resources.get("CPU", 0.0))
+    cpus = max(0.0, float(resources.get("CPU", 0.0)) - reserve_cpus)
     gpus = float(resources.get("GPU", 0.0))
-    have = f"the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
+    have = f"the cluster has {float(resources.get('CPU', 0.0)):g} CPUs and {gpus:g} GPUs"
+    if reserve_cpus > 0:
+        have += f" ({reserve_cpus:g} CPU left for reading and writing)"
     if gpus_per_worker > 0 and gpus == 0:
         raise ClusterError(
             f"--gpus-per-worker {gpus_per_worker:g} asks for GPUs, but {have}; Ray would wait "

@@ -39,8 +39,22 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import ExplainerConfig, model_sha256
 from ..errors import ClusterError, ConfigError, OnnxCamError
+
+# First, so that a missing extra is one clear line, whichever module would have missed it.
+try:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import ray
+    import ray.data
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ClusterError(
+        f"--engine ray needs Ray Data ({exc.name or exc} is missing): pip install 'onnxcam[ray]'"
+    ) from None
+
+from ..config import ExplainerConfig, model_sha256
 from ..explain import Explainer
 from ..outdir import OutputFolder
 from ..quiet import native_stderr_silenced
@@ -54,18 +68,6 @@ from .preflight import check_resources, sees_shared
 from .schema import RESULT_SCHEMA
 from .table import TableWriter, finished_paths, latest_rows, quarantined, reconcile, status_counts
 from .worker import LEDGER, ExplainWorker, WorkerSettings
-
-try:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    import ray
-    import ray.data
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ClusterError(
-        f"--engine ray needs Ray Data ({exc.name or exc} is missing): pip install 'onnxcam[ray]'"
-    ) from None
 
 __all__ = [
     "JobOptions",
@@ -123,6 +125,7 @@ def explain_dataset(
     max_crashes: int = 2,
     images_per_call: int = IMAGES_PER_CALL,
     rows_per_block: int | None = None,
+    reserve_cpus: float = 1.0,
     alpha: float = 0.5,
     emphasize: float | None = None,
     thumbnails: bool = True,
@@ -147,10 +150,15 @@ def explain_dataset(
         rows_per_block: the rows of each block of ``ds`` at most (bounds Ray's retries of a
             block, which are ``1 + max_crashes × rows_per_block``); default
             ``images_per_call``, which a Dataset made by :func:`run_job` has.
+        reserve_cpus: CPUs the pool leaves for the tasks that read ``ds`` (a pool that takes
+            every CPU deadlocks them); checked against the cluster when Ray is running.
         alpha, emphasize, thumbnails: as for a local run.
 
     Returns:
         A Dataset of :data:`~onnxcam.scale.schema.ROW_SCHEMA` rows, one per input row.
+
+    Raises:
+        ClusterError: a pool the running cluster cannot hold next to ``reserve_cpus``.
     """
     config = explainer.config if isinstance(explainer, Explainer) else explainer
     low, high = (workers, workers) if isinstance(workers, int) else workers
@@ -158,6 +166,11 @@ def explain_dataset(
         raise ConfigError(f"workers must be N or (MIN, MAX) with 1 <= MIN <= MAX, got {workers}")
     if cpus_per_worker <= 0 or gpus_per_worker < 0:
         raise ConfigError("cpus per worker must be positive and GPUs per worker not negative")
+    if ray.is_initialized():
+        check_resources(
+            ray.cluster_resources(), workers=(low, high), cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker, reserve_cpus=reserve_cpus,
+        )  # fmt: skip
     settings = WorkerSettings(
         out_dir=str(Path(out_dir).absolute()),
         alpha=alpha,
@@ -560,6 +573,7 @@ def run_job(
                         max_crashes=options.max_crashes,
                         images_per_call=options.images_per_call,
                         rows_per_block=rows,
+                        reserve_cpus=0.0,  # the manifest is in this process: no read tasks
                         alpha=options.alpha,
                         emphasize=options.emphasize,
                         thumbnails=options.report,
