@@ -277,3 +277,40 @@ def test_without_the_extra_the_ray_engine_is_one_line(tmp_path, monkeypatch):
         "Error: --engine ray needs Ray Data (ray is missing): pip install 'onnxcam[ray]'\n"
     )
     assert not out.exists()
+
+
+def test_a_detector_gives_a_local_runs_files(tmp_path):
+    """Every detection of an image (one target each, ``_t0``, ``_t1`` ...), boxes drawn on the
+    overlays and thumbnails: the worker's files are the local run's, byte for byte."""
+    import cv2
+
+    from tools.scenes import make_scenes
+
+    detector = SHAPES_MODEL.parent / "shapes_det_yolov8.onnx"
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    for i, scene in enumerate(make_scenes(2, seed=5)):
+        assert cv2.imwrite(str(folder / f"s{i}.png"), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    result = CliRunner().invoke(
+        cli, ["explain", str(detector), str(folder), "-o", str(tmp_path / "local")]
+    )
+    assert result.exit_code == 0, result.output
+    paths = sorted(folder.iterdir())
+    settings = WorkerSettings(out_dir=str(tmp_path / "worker"))
+    rows = ExplainWorker(Explainer(detector).config, settings)(batch([str(p) for p in paths]))
+    assert [len(r["targets"]) > 1 for r in rows.to_pylist()] == [True, True]
+
+    def files(out: Path) -> dict[str, bytes]:
+        skip = {"results.jsonl", "run.json", "index.html", "contact_sheet.png", ".onnxcam-report"}
+        found = {}
+        for path in out.rglob("*"):
+            name = path.relative_to(out).as_posix()
+            if path.is_file() and name not in skip and not name.startswith(LEDGER):
+                found[name] = path.read_bytes()
+        return found
+
+    local, worker = files(tmp_path / "local"), files(tmp_path / "worker")
+    assert sorted(local) == sorted(worker) and any("_t1.npy" in n for n in local)
+    for name, data in local.items():
+        if not name.endswith(".json"):  # records differ in their timings only
+            assert worker[name] == data, name

@@ -231,8 +231,9 @@ class ExplainWorker:
             )
             if settings.thumbnails:
                 write_thumbnails(
-                    self.out_dir, row.stem, result.image, result.saliency, alpha=settings.alpha
-                )
+                    self.out_dir, row.stem, result.image, result.saliency, alpha=settings.alpha,
+                    marks=result.targets[0].marks(),
+                )  # fmt: skip
         except OnnxCamError as exc:
             return _error(row, exc)
         return ok_line(result.to_record(stem=row.stem, emphasized=settings.emphasize is not None))
