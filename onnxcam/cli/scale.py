@@ -17,7 +17,7 @@ from .common import IMAGE_SUFFIXES, collect_images, echo, finish, safe, target_s
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..scale.ray import Progress
+    from ..scale.job import Progress
 
 ENGINES = ("local", "ray")
 _RAY_ONLY = (

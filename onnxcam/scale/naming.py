@@ -10,13 +10,20 @@ so it does not depend on how many targets an image turns out to have.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
-from ..outdir import natural_stems, unique_stems
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..outdir import OutputFolder, natural_stems, unique_stems
+from ..render import write_atomic
 from .manifest import location_key
 
-__all__ = ["RESERVED", "assign_stems", "blocked_stems"]
+__all__ = ["RESERVED", "assign_stems", "blocked_stems", "job_stems"]
 
 #: Stems whose JSON record would replace the job's own files (run.json, summary.json).
 RESERVED = frozenset({"run", "summary"})
@@ -57,3 +64,38 @@ def assign_stems(locations: Sequence[str], *, blocked: Iterable[str] = ()) -> li
         if several and several.group(1) in present:
             avoid.add(several.group(1))
     return unique_stems(natural, avoid=avoid)
+
+
+def job_stems(
+    manifest: pa.Table,
+    folder: OutputFolder,
+    latest: pa.Table,
+    state: Path,
+    finished: set[str],
+) -> list[str]:
+    """Every image's stem: mirrored like a local run, never onto a file that is not this
+    run's to write: files that were here before (other than those an earlier run of this
+    job wrote under the names it gave, ``state/names.parquet``, which are ours to redo) and
+    finished images' files. The names are kept for the next run."""
+    out_dir = folder.path.resolve()
+    names = state / "names.parquet"
+    ours: set[str] = set()
+    with contextlib.suppress(OSError, pa.ArrowException):
+        ours = set(pq.read_table(names, columns=["stem"]).column("stem").to_pylist())
+    present = []
+    for path in folder.protected:
+        with contextlib.suppress(ValueError):
+            present.append(path.relative_to(out_dir).as_posix())
+    done_files: list[str] = []
+    done = latest.filter(pc.is_in(latest.column("path"), pa.array(sorted(finished), pa.string())))
+    for record, maps in zip(
+        done.column("json").to_pylist(), done.column("maps").to_pylist(), strict=True
+    ):
+        done_files += [f for f in [record, *(maps or [])] if f]
+    for record in folder.finished.values():
+        done_files += [str(f) for f in (record.get("files") or {}).values()]
+    blocked = (blocked_stems(present) - ours) | blocked_stems(done_files)
+    stems = assign_stems(manifest.column("location").to_pylist(), blocked=blocked)
+    table = pa.table({"path": manifest.column("path"), "stem": pa.array(stems, pa.string())})
+    write_atomic(names, lambda handle: pq.write_table(table, handle))
+    return stems

@@ -16,7 +16,7 @@ core) and CUDA when the actor has GPUs. Ray restarts an actor that dies and runs
 the crash ledger (:mod:`onnxcam.scale.ledger`) makes those retries converge, so the retries Ray
 may spend on one batch are bounded by ``1 + max_crashes × rows per block``.
 
-Tested with Ray 2.60 (see ``pyproject.toml`` for the pinned range): ``max_restarts`` and
+Tested with Ray 2.55.1 and 2.60.0 (``pyproject.toml`` pins the range): ``max_restarts`` and
 ``max_task_retries`` still reach the actors as ``map_batches`` keyword arguments there.
 """
 
@@ -35,7 +35,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,6 @@ from ..errors import ClusterError, ConfigError, OnnxCamError
 # First, so that a missing extra is one clear line, whichever module would have missed it.
 try:
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
     import ray
     import ray.data
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -61,11 +59,11 @@ from ..quiet import native_stderr_silenced
 from ..render import build_report, ensure_dir, write_atomic
 from ..result import version
 from ..targets import TargetLike
+from .job import IMAGES_PER_CALL, SUMMARY, JobOptions, JobSummary, Progress, write_summary
 from .ledger import CrashLedger
 from .manifest import is_uri
-from .naming import assign_stems, blocked_stems
+from .naming import job_stems
 from .preflight import check_resources, sees_shared
-from .schema import RESULT_SCHEMA
 from .table import TableWriter, finished_paths, latest_rows, quarantined, reconcile, status_counts
 from .worker import LEDGER, ExplainWorker, WorkerSettings
 
@@ -79,9 +77,7 @@ __all__ = [
     "run_job",
 ]
 
-IMAGES_PER_CALL = 8  # images per actor call: their masked passes share batches
 MAX_BLOCKS = 10_000  # blocks of the manifest (tasks); more rows per block beyond that
-SUMMARY = "summary.json"
 FATAL = ("OutputError", "DeviceError")  # a row with one of these stops the job: all would fail
 
 
@@ -275,102 +271,6 @@ def check_shared(out_dir: Path, files: list[str], *, timeout_s: float = 120.0) -
 # ----------------------------------------------------------------- the managed job
 
 
-@dataclass(frozen=True, kw_only=True)
-class JobOptions:
-    """How :func:`run_job` runs (see :func:`explain_dataset` for the worker options).
-
-    Attributes:
-        address: the Ray cluster (``auto``, ``ray://host:port``); default ``RAY_ADDRESS``,
-            else a new local Ray on this machine.
-        workers: a fixed pool ``(N, N)`` or ``(MIN, MAX)``; default as many as fit.
-        report: write ``index.html`` and ``contact_sheet.png`` at the end.
-        overwrite: replace what the output folder holds, even if made with other settings.
-        stall_timeout_s: stop the job when no image finished for this long (first warned at
-            a quarter of it, at most a minute in).
-        progress_every_s: seconds between progress reports.
-    """
-
-    address: str | None = None
-    workers: tuple[int, int] | None = None
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_crashes: int = 2
-    alpha: float = 0.5
-    emphasize: float | None = None
-    report: bool = True
-    overwrite: bool = False
-    stall_timeout_s: float = 600.0
-    progress_every_s: float = 10.0
-    images_per_call: int = IMAGES_PER_CALL
-
-    def validate(self) -> None:
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0:
-            raise ConfigError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
-        if self.max_crashes < 1:
-            raise ConfigError(f"--max-crashes must be at least 1, got {self.max_crashes}")
-        if self.workers is not None and not 1 <= self.workers[0] <= self.workers[1]:
-            raise ConfigError(
-                f"--workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.workers}"
-            )
-        if not self.stall_timeout_s > 0:
-            raise ConfigError(f"--stall-timeout must be positive, got {self.stall_timeout_s}")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a running job stands (passed to ``on_progress``).
-
-    Attributes:
-        done: images with a row in this run; errors: of those, failed.
-        total: images this run has to do (finished ones skipped); skipped: those.
-        elapsed_s: since the job started; rate: images per second since the first row.
-        idle_s: since the last row; stalled: why nothing moves, once idle too long.
-    """
-
-    done: int
-    total: int
-    errors: int
-    skipped: int
-    elapsed_s: float
-    rate: float
-    idle_s: float
-    stalled: str | None = None
-
-
-@dataclass
-class JobSummary:
-    """What :func:`run_job` did; also written to ``OUT/summary.json``.
-
-    ``stopped`` is None for a run that went through, else why it stopped early
-    (``interrupted``, ``stalled``, or the error that would fail every image, which is in
-    ``fatal``); what finished is kept either way and ``--resume`` continues.
-    """
-
-    inputs: int
-    ok: int
-    errors: int
-    lost: int
-    skipped: int
-    quarantined: list[str]
-    wall_s: float
-    explained_s: float
-    rate: float
-    workers: tuple[int, int]
-    table: str
-    report: str | None
-    stopped: str | None = None
-    fatal: OnnxCamError | None = None
-    first_errors: list[tuple[str, str]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("fatal")
-        data["first_errors"] = [{"path": p, "error": e} for p, e in self.first_errors]
-        return data
-
-
 @contextlib.contextmanager
 def _quiet_ray(log: Path) -> Iterator[None]:
     """Ray Data's progress bars, notices and deprecation warnings off; what Ray prints on
@@ -538,7 +438,7 @@ def run_job(
         wanted = set(paths)
         finished = (finished_paths(latest, out_dir) | set(folder.finished)) & wanted
         local_records = {p: folder.finished[p] for p in folder.finished if p in wanted}
-        stems = _stems(manifest, folder, latest, state, finished)
+        stems = job_stems(manifest, folder, latest, state, finished)
         keep = [i for i, p in enumerate(paths) if p not in finished]
         todo = manifest.take(pa.array(keep, pa.int64())).append_column(
             "stem", pa.array([stems[i] for i in keep], pa.string())
@@ -606,48 +506,15 @@ def run_job(
         fatal=run.fatal,
         first_errors=run.first_errors,
     )
-    _write_summary(out_dir, summary, config, options)
+    write_summary(
+        out_dir, summary, options, model_sha256=model_sha256(config.model), versions=_versions()
+    )
     return summary
 
 
 def _absolute_model(model: str | bytes) -> str | bytes:
     """Workers may start in another folder (or on another machine): paths made absolute."""
     return model if isinstance(model, bytes) else str(Path(model).absolute())
-
-
-def _stems(
-    manifest: pa.Table,
-    folder: OutputFolder,
-    latest: pa.Table,
-    state: Path,
-    finished: set[str],
-) -> list[str]:
-    """Every image's stem: mirrored like a local run, never onto a file that is not this
-    run's to write: files that were here before (other than those an earlier run of this
-    job wrote under the names it gave, ``state/names.parquet``, which are ours to redo) and
-    finished images' files. The names are kept for the next run."""
-    out_dir = folder.path.resolve()
-    names = state / "names.parquet"
-    ours: set[str] = set()
-    with contextlib.suppress(OSError, pa.ArrowException):
-        ours = set(pq.read_table(names, columns=["stem"]).column("stem").to_pylist())
-    present = []
-    for path in folder.protected:
-        with contextlib.suppress(ValueError):
-            present.append(path.relative_to(out_dir).as_posix())
-    done_files: list[str] = []
-    done = latest.filter(pc.is_in(latest.column("path"), pa.array(sorted(finished), pa.string())))
-    for record, maps in zip(
-        done.column("json").to_pylist(), done.column("maps").to_pylist(), strict=True
-    ):
-        done_files += [f for f in [record, *(maps or [])] if f]
-    for record in folder.finished.values():
-        done_files += [str(f) for f in (record.get("files") or {}).values()]
-    blocked = (blocked_stems(present) - ours) | blocked_stems(done_files)
-    stems = assign_stems(manifest.column("location").to_pylist(), blocked=blocked)
-    table = pa.table({"path": manifest.column("path"), "stem": pa.array(stems, pa.string())})
-    write_atomic(names, lambda handle: pq.write_table(table, handle))
-    return stems
 
 
 class _Run:
@@ -781,22 +648,3 @@ def _versions() -> dict[str, str]:
         found[name] = str(getattr(module, "__version__", "unknown"))
     found["python"] = platform.python_version()
     return found
-
-
-def _write_summary(
-    out_dir: Path, summary: JobSummary, config: ExplainerConfig, options: JobOptions
-) -> None:
-    data = {
-        **summary.to_json(),
-        "model_sha256": model_sha256(config.model),
-        "versions": _versions(),
-        "options": {
-            "address": options.address or os.environ.get("RAY_ADDRESS") or "local",
-            "cpus_per_worker": options.cpus_per_worker,
-            "gpus_per_worker": options.gpus_per_worker,
-            "max_crashes": options.max_crashes,
-            "images_per_call": options.images_per_call,
-        },
-        "schema": RESULT_SCHEMA.names,
-    }
-    write_atomic(out_dir / SUMMARY, (json.dumps(data, indent=2) + "\n").encode())
