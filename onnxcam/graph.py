@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1010,3 +1010,381 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
         warnings.simplefilter("ignore")  # it warns for every weight rounded to float16's range
         # The converter retypes value_info entries, so every intermediate needs one.
         return float16.convert_float_to_float16(_infer(model), keep_io_types=True)
+
+
+# ----------------------------------------------------------------------------- the head
+
+_INTEGER_LIKE = {
+    onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT64, onnx.TensorProto.UINT32, onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
+}  # fmt: skip
+_CLEAN_SUFFIX = "__onnxcam_clean"
+_FLOAT32_SUFFIX = "__onnxcam_float32"
+
+
+@dataclass(frozen=True)
+class Head:
+    """The part of a model after its explained maps: feature maps in, the model's outputs out.
+
+    Attributes:
+        model: the head as its own model (nodes, weights and opsets copied from the model).
+        cuts: the explained tensors, in the order given; ``feeds[cut]`` is the head input
+            that takes each one.
+        clean: the other tensors computed from the image that the head reads (a skip
+            connection, another scale of a detector, an output that does not depend on the
+            cuts): the head takes their clean values, ``feeds[name]`` being its input.
+        feeds: tensor of the full model -> the head input that takes it.
+        nodes: how many nodes the head runs (``total`` in the whole model).
+        total: the whole model's node count.
+    """
+
+    model: onnx.ModelProto
+    cuts: tuple[str, ...]
+    clean: tuple[str, ...]
+    feeds: dict[str, str]
+    nodes: int
+    total: int
+
+
+def _outer_refs(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from the scopes around it."""
+    defined = {v.name for v in graph.input} | {i.name for i in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(name for name in node.input if name)
+        for attr in node.attribute:
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                used |= _outer_refs(sub)
+        defined.update(name for name in node.output if name)
+    used.update(o.name for o in graph.output)
+    return used - defined
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    """Every tensor a node reads: its inputs and what its subgraphs take from outside."""
+    names = [name for name in node.input if name]
+    for attr in node.attribute:
+        for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+            names.extend(sorted(_outer_refs(sub)))
+    return names
+
+
+def split_head(
+    model: onnx.ModelProto,
+    cuts: Sequence[str],
+    index: GraphIndex | None = None,
+    *,
+    outputs: Sequence[str] | None = None,
+) -> Head:
+    """The head of ``model`` after the tensors ``cuts``, as a model of its own (a copy).
+
+    The head runs every node that depends on a cut and leads to an output. Whatever else
+    those nodes read is settled like this: weights and constant subgraphs come along; an
+    integer tensor computed from the image (a shape, an index) comes along with the nodes
+    that compute it, so it follows the batch the head runs; any other tensor computed from
+    the image (a skip connection, another scale's map, the image itself) becomes a head
+    input that takes its clean value (``Head.clean``). An output that does not depend on the
+    cuts is passed through from such an input. Float16 inputs are taken as float32 and cast.
+
+    Args:
+        model: the model, with its weights (it is read, never changed).
+        cuts: the tensors whose values the head takes as inputs.
+        index: the model's index (built when not given); its nodes must be the model's.
+        outputs: the outputs the head produces (default: all of the model's).
+
+    Raises:
+        NodeError: a cut is not a tensor of the model, or no output depends on the cuts.
+    """
+    index = index or GraphIndex(model)
+    nodes = model.graph.node
+    wanted = list(outputs) if outputs is not None else [o.name for o in model.graph.output]
+    for cut in cuts:
+        if cut not in index.producer:
+            raise NodeError(f"no node produces tensor '{cut}'")
+    reach = set(cuts)
+    downstream: set[int] = set()
+    for i, node in enumerate(nodes):
+        if any(name in reach for name in _reads(node)):
+            downstream.add(i)
+            reach.update(name for name in node.output if name)
+    leads = set().union(*(index.ancestors(name) for name in wanted))
+    taken = downstream & leads
+    if not any(name in reach for name in wanted):
+        shown = ", ".join(f"'{c}'" for c in cuts)
+        raise NodeError(f"no output of the model depends on {shown}")
+    produced = {name for i in taken for name in nodes[i].output if name}
+    inits = {init.name for init in model.graph.initializer}
+    clean: list[str] = []
+    pending = [name for i in sorted(taken) for name in _reads(nodes[i])]
+    pending += [name for name in wanted if name not in reach]
+    seen: set[str] = set()
+    while pending:
+        name = pending.pop(0)
+        if name in seen or name in produced or name in inits or name in cuts:
+            continue
+        seen.add(name)
+        j = index.producer.get(name)
+        computed = name in index.from_image
+        if j is not None and (not computed or index.elem_type(name) in _INTEGER_LIKE):
+            taken.add(j)  # constants, and shapes or indices that must follow the batch
+            produced.update(n for n in nodes[j].output if n)
+            pending.extend(_reads(nodes[j]))
+        else:
+            clean.append(name)
+    head = onnx.ModelProto(ir_version=model.ir_version, producer_name="onnxcam-head")
+    head.opset_import.extend(model.opset_import)
+    head.functions.extend(model.functions)
+    graph = head.graph
+    graph.name = f"{model.graph.name or 'model'}_head"
+    feeds: dict[str, str] = {}
+    passed = [name for name in wanted if name not in reach and name in clean]
+    for name in [*cuts, *clean]:
+        elem = index.elem_type(name) or onnx.TensorProto.FLOAT
+        shape = index.shape(name)
+        dims: list[int | str | None] | None = None
+        if shape:  # the batch as it is (a number or a name), the rest where known
+            dims = [shape[0] if shape[0] is not None else "batch"]
+            dims += [d if isinstance(d, int) else None for d in shape[1:]]
+        feed = name + _CLEAN_SUFFIX if name in passed else name
+        if elem == onnx.TensorProto.FLOAT16:  # fed float32 like every exposed map
+            graph.node.append(
+                onnx.helper.make_node(
+                    "Cast", [feed + _FLOAT32_SUFFIX], [feed], to=elem, name=f"onnxcam/cast_{name}"
+                )
+            )
+            feed, elem = feed + _FLOAT32_SUFFIX, onnx.TensorProto.FLOAT
+        graph.input.append(onnx.helper.make_tensor_value_info(feed, elem, dims))
+        feeds[name] = feed
+        if name in passed:
+            graph.node.append(
+                onnx.helper.make_node(
+                    "Identity", [name + _CLEAN_SUFFIX], [name], name=f"onnxcam/{name}"
+                )
+            )
+    graph.node.extend(nodes[i] for i in sorted(taken))
+    used = {name for i in taken for name in _reads(nodes[i])}
+    graph.initializer.extend(init for init in model.graph.initializer if init.name in used)
+    graph.sparse_initializer.extend(
+        s for s in model.graph.sparse_initializer if s.values.name in used
+    )
+    declared = {o.name: o for o in model.graph.output}
+    for name in wanted:
+        if name in declared:
+            graph.output.append(declared[name])
+        else:
+            graph.output.append(
+                onnx.helper.make_tensor_value_info(name, index.elem_type(name) or 1, None)
+            )
+    return Head(head, tuple(cuts), tuple(clean), feeds, len(taken), len(nodes))
+
+
+_POOL_ALIASES = {"Identity", "Dropout", "Cast"}
+_VECTOR_OPS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
+_AFTER_LINEAR = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+_ACTIVATIONS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
+
+
+@dataclass(frozen=True)
+class LinearOutput:
+    """One output of a global-average-pooling + linear head: ``act(W p + b)`` of the pooled
+    vector ``p`` (K,), reshaped to ``shape`` after the batch."""
+
+    weight: np.ndarray  # (N, K)
+    bias: np.ndarray  # (N,)
+    activation: str | None  # "softmax", "sigmoid" or None
+    shape: tuple[int, ...]
+    path: str  # the nodes from the pooling to the output, for the record
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """The outputs that a head computes from the pooled feature map by one linear layer (or
+    none), read from the graph; ``missing`` says, for every other output, what was found."""
+
+    outputs: dict[str, LinearOutput]
+    missing: dict[str, str]
+
+    def run(
+        self,
+        feed: np.ndarray | Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        time_limit: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The outputs for rows of pooled vectors (n, K): what the model outputs when its
+        feature map holds the same vector in every cell (runs like a session, in numpy).
+
+        Raises:
+            ConfigError: an output asked for that is not linear in the pooled vector.
+        """
+        rows = feed if isinstance(feed, np.ndarray) else next(iter(feed.values()))
+        rows = rows.astype(np.float64, copy=False)
+        out = {}
+        for name in outputs or list(self.outputs):
+            if name not in self.outputs:
+                raise ConfigError(self.missing.get(name, f"the head has no output '{name}'"))
+            head = self.outputs[name]
+            values = rows @ head.weight.T + head.bias
+            if head.activation == "softmax":
+                values = np.exp(values - values.max(axis=1, keepdims=True))
+                values /= values.sum(axis=1, keepdims=True)
+            elif head.activation == "sigmoid":
+                values = 1.0 / (1.0 + np.exp(-values))
+            out[name] = values.astype(np.float32).reshape(len(rows), *head.shape)
+        return out
+
+
+class _NotLinear(Exception):
+    pass
+
+
+def linear_head(head: Head, *, layout: str = "NCHW") -> LinearHead:
+    """Read the weights of every output that ``head`` computes as ``act(W · GAP(A) + b)`` from
+    its one cut ``A``: global average pooling (GlobalAveragePool, or ReduceMean over the
+    spatial axes of ``layout``), then Flatten/Reshape/Squeeze, then a Gemm or a MatMul (+ Add)
+    or no linear layer at all, then optionally Softmax or Sigmoid and shape-only ops.
+
+    Raises:
+        ConfigError: ``head`` has several cuts.
+    """
+    if len(head.cuts) != 1:
+        raise ConfigError("a linear head is read for one node; several were given")
+    graph = head.model.graph
+    producer = {name: node for node in graph.node for name in node.output if name}
+    weights = {init.name: init for init in graph.initializer}
+    start = head.feeds[head.cuts[0]]
+
+    def constant(name: str) -> np.ndarray | None:
+        if name in weights:
+            return numpy_helper.to_array(weights[name]).astype(np.float64)
+        node = producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            return None if value is None else numpy_helper.to_array(value).astype(np.float64)
+        if node is not None and node.op_type in ("Identity", "Cast") and node.input:
+            return constant(node.input[0])
+        return None
+
+    def named(node: onnx.NodeProto) -> str:
+        return f"{node.op_type} '{node.name}'" if node.name else node.op_type
+
+    def attr(node: onnx.NodeProto, key: str, default: Any) -> Any:
+        found = next((a for a in node.attribute if a.name == key), None)
+        return default if found is None else onnx.helper.get_attribute_value(found)
+
+    def read(output: str) -> LinearOutput:
+        chain: list[str] = []
+        name = output
+
+        def step(node: onnx.NodeProto, data: str) -> str:
+            chain.append(named(node))
+            return data
+
+        def fail(why: str) -> _NotLinear:
+            found = " ← ".join([f"'{output}'", *chain]) if chain else f"'{output}'"
+            return _NotLinear(f"{why}; found {found}")
+
+        activation = None
+        while (node := producer.get(name)) is not None and (
+            node.op_type in _AFTER_LINEAR or node.op_type in _ACTIVATIONS
+        ):
+            if node.op_type in _ACTIVATIONS:
+                if activation is not None:
+                    raise fail("two activations after the linear layer")
+                axis = attr(node, "axis", -1)
+                if node.op_type == "Softmax" and axis not in (1, -1):
+                    raise fail(f"a Softmax along axis {axis}, not the classes")
+                activation = _ACTIVATIONS[node.op_type]
+            name = step(node, node.input[0])
+        weight = bias = None
+        node = producer.get(name)
+        if node is not None and node.op_type == "Add":
+            values = [constant(n) for n in node.input]
+            data = [n for n, v in zip(node.input, values, strict=True) if v is None]
+            known = [v for v in values if v is not None]
+            if len(data) != 1 or len(known) != 1:
+                raise fail(f"{named(node)} adds two computed tensors")
+            bias, name = known[0].reshape(-1), step(node, data[0])
+            node = producer.get(name)
+        if node is not None and node.op_type == "Gemm":
+            matrix = constant(node.input[1])
+            if matrix is None or attr(node, "transA", 0):
+                raise fail(f"{named(node)} does not multiply the pooled vector by weights")
+            matrix = matrix * attr(node, "alpha", 1.0)
+            weight = matrix if attr(node, "transB", 0) else matrix.T
+            if len(node.input) > 2 and node.input[2]:
+                c = constant(node.input[2])
+                if c is None:
+                    raise fail(f"{named(node)} adds a computed tensor")
+                c = np.broadcast_to(c * attr(node, "beta", 1.0), (weight.shape[0],))
+                bias = c if bias is None else bias + c
+            name = step(node, node.input[0])
+        elif node is not None and node.op_type == "MatMul":
+            matrix = constant(node.input[1])
+            if matrix is None or matrix.ndim != 2:
+                raise fail(f"{named(node)} does not multiply the pooled vector by weights")
+            weight, name = matrix.T, step(node, node.input[0])
+        elif bias is not None:
+            raise fail("a bias without a linear layer before it")
+        while (node := producer.get(name)) is not None and node.op_type in _VECTOR_OPS:
+            name = step(node, node.input[0])
+        if node is None:
+            raise fail("no global average pooling of the node's map")
+        pooled = node.op_type == "GlobalAveragePool"
+        if node.op_type == "ReduceMean":
+            axes = attr(node, "axes", None)
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                found = constant(node.input[1])
+                axes = None if found is None else [int(a) for a in found.reshape(-1)]
+            spatial = {2, 3} if layout == "NCHW" else {1, 2}
+            pooled = axes is not None and {int(a) % 4 for a in axes} == spatial
+        if not pooled:
+            raise fail(f"{named(node)} is not a global average pooling")
+        name = step(node, node.input[0])
+        while (node := producer.get(name)) is not None and node.op_type in _POOL_ALIASES:
+            name = step(node, node.input[0])
+        if name != start:
+            raise fail("the pooling does not read the node's map")
+        k = _channels(head, layout)
+        if weight is None:
+            weight = np.eye(k)
+        if weight.shape[1] != k:
+            raise fail(f"a linear layer of {weight.shape[1]} inputs for {k} channels")
+        if bias is None:
+            bias = np.zeros(weight.shape[0])
+        shape = _shape_after_batch(head.model, output) or (weight.shape[0],)
+        if int(np.prod(shape)) != weight.shape[0]:
+            shape = (weight.shape[0],)
+        return LinearOutput(weight, bias, activation, shape, " → ".join(reversed(chain)))
+
+    outputs: dict[str, LinearOutput] = {}
+    missing: dict[str, str] = {}
+    for out in graph.output:
+        try:
+            outputs[out.name] = read(out.name)
+        except _NotLinear as exc:
+            missing[out.name] = (
+                f"output '{out.name}' is not global average pooling and a linear layer of "
+                f"node '{head.cuts[0]}' (what CAM needs): {exc}"
+            )
+    return LinearHead(outputs, missing)
+
+
+def _channels(head: Head, layout: str) -> int:
+    value = next(v for v in head.model.graph.input if v.name == head.feeds[head.cuts[0]])
+    dims = value.type.tensor_type.shape.dim
+    position = 1 if layout == "NCHW" else 3
+    if len(dims) != 4 or not dims[position].HasField("dim_value"):
+        raise ConfigError(f"the number of channels of '{head.cuts[0]}' is not known")
+    return int(dims[position].dim_value)
+
+
+def _shape_after_batch(model: onnx.ModelProto, output: str) -> tuple[int, ...] | None:
+    value = next((v for v in model.graph.output if v.name == output), None)
+    if value is None:
+        return None
+    dims = _dims(value)
+    if dims is None or len(dims) < 2 or not all(isinstance(d, int) for d in dims[1:]):
+        return None
+    return tuple(int(d) for d in dims[1:])  # type: ignore[arg-type]

@@ -1,22 +1,24 @@
 """Everything an Explainer builds once: the model loaded and checked, the node resolved, the
-feature map exposed, the batch dimension freed where provable, and the session opened."""
+feature map exposed, the head after it split off, the batch dimension freed where provable, and
+the session opened (the head's session opens when a method first needs it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 
 from . import graph, modelinfo
 from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
-from .errors import ModelError
+from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
 from .preprocess import InputSpec, Normalization
+from .runner import Stage
 from .runtime import Session, installed_runtimes
 from .targets import OutputInfo
 from .targets.detformats import YOLO_FORMATS
 
-__all__ = ["Prepared", "prepare"]
+__all__ = ["Prepared", "head_stage", "linear_stage", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class Prepared:
         notes: things worth telling the user about the model.
         kind: what the model is for (classifier, detector, segmenter), and why.
         resize: how images are fitted into the input: ``stretch`` or ``letterbox``.
+        head: the model after the explained node(s), for methods that perturb feature maps
+            (None when it could not be split off: ``head_note`` says why).
+        head_note: why there is no head.
+        clean_outputs: for each tensor the head takes at its clean value, the output of the
+            session that gives it.
     """
 
     metadata: dict[str, str]
@@ -54,6 +61,9 @@ class Prepared:
     notes: tuple[str, ...]
     kind: modelinfo.ModelKind
     resize: str
+    head: graph.Head | None = None
+    head_note: str | None = None
+    clean_outputs: tuple[tuple[str, str], ...] = ()
 
 
 def prepare(config: ExplainerConfig) -> Prepared:
@@ -99,31 +109,89 @@ def prepare(config: ExplainerConfig) -> Prepared:
         for name in index.outputs
     )
     # The weights are held once: the loaded proto is ours, so it is rewritten in place, then
-    # serialized, and dropped before ONNX Runtime makes its own copy.
+    # serialized, and dropped before ONNX Runtime makes its own copy (the head copies its own).
+    cuts = [cand.tensor for cand in candidates]
     if config.fp16:
         exposed = graph.to_float16(model)
-        feature_outputs = []
-        for cand in candidates:
-            exposed, name = graph.expose_float32(exposed, cand.tensor)
-            feature_outputs.append(name)
+        head, head_note = _split(exposed, cuts, graph.GraphIndex(exposed), index.outputs)
+        exposed_as: dict[str, str] = {}
+        for name in [*cuts, *(head.clean if head else ())]:
+            exposed, exposed_as[name] = graph.expose_float32(exposed, name)
+        feature_outputs = [exposed_as[name] for name in cuts]
+        clean_outputs = [(name, exposed_as[name]) for name in (head.clean if head else ())]
     else:
         exposed = model
-        for cand in candidates:
-            exposed = graph.expose(exposed, cand.tensor, index, copy=False)
-        feature_outputs = [cand.tensor for cand in candidates]
+        head, head_note = _split(exposed, cuts, index, index.outputs)
+        for name in [*cuts, *(head.clean if head else ())]:
+            exposed = graph.expose(exposed, name, index, copy=False)
+        feature_outputs = cuts
+        clean_outputs = [(name, name) for name in (head.clean if head else ())]
     del model
     plain, freed, batch_dim = _serialized(exposed, index)
     del exposed
     session, fixed = _open_session(plain, freed, batch_dim, spec, config, notes)
     del plain, freed
+    if head is not None and batch_dim is not None and fixed is None:  # freed: the head too
+        head = replace(head, model=graph.make_batch_dynamic(head.model)[0])
     labels = _labels(config.labels, metadata, notes)
     default_batch = modelinfo.default_batch(index, spec, session.info.provider)
     shape = index.shape(spec.name) or ()
     dynamic = not all(isinstance(d, int) for d in shape[1:])
     return Prepared(
         metadata, norm, spec, candidates, tuple(feature_outputs), outputs, session, fixed, dynamic,
-        default_batch, labels, tuple(notes), kind, resize,
+        default_batch, labels, tuple(notes), kind, resize, head, head_note, tuple(clean_outputs),
     )  # fmt: skip
+
+
+def _split(
+    model: onnx.ModelProto, cuts: list[str], index: graph.GraphIndex, outputs: list[str]
+) -> tuple[graph.Head | None, str | None]:
+    """The head after ``cuts``, or None and why not (the methods that need it say so)."""
+    try:
+        return graph.split_head(model, cuts, index, outputs=outputs), None
+    except NodeError as exc:
+        return None, str(exc)
+    except Exception as exc:  # an unusual graph must not stop the methods that need no head
+        return None, f"the graph could not be split ({type(exc).__name__}: {exc})"
+
+
+def head_stage(prepared: Prepared, config: ExplainerConfig, method: str) -> Stage:
+    """A session over the head, with the model's fixed batch when it has one.
+
+    Raises:
+        ConfigError: the model has no head to split off.
+    """
+    if prepared.head is None:
+        raise ConfigError(
+            f"method '{method}' runs the model after node '{_label(prepared)}', which could "
+            f"not be split off: {prepared.head_note}"
+        )
+    return Stage(_session(prepared.head.model.SerializeToString(), config), prepared.fixed_batch)
+
+
+def linear_stage(prepared: Prepared, method: str) -> Stage:
+    """The global-average-pooling + linear head read from the graph, run in numpy.
+
+    Raises:
+        ConfigError: several nodes, no head, or no output computed that way (what was found).
+    """
+    if len(prepared.candidates) > 1:
+        raise ConfigError(f"method '{method}' reads the head of one node; pass one --node")
+    if prepared.head is None:
+        raise ConfigError(
+            f"method '{method}' needs global average pooling and a linear layer after node "
+            f"'{_label(prepared)}': {prepared.head_note}"
+        )
+    linear = graph.linear_head(prepared.head, layout=prepared.candidates[0].layout)
+    if not linear.outputs:
+        raise ConfigError(
+            f"method '{method}' cannot read weights: {next(iter(linear.missing.values()))}"
+        )
+    return Stage(linear)
+
+
+def _label(prepared: Prepared) -> str:
+    return ",".join(c.label for c in prepared.candidates)
 
 
 def _normalization(

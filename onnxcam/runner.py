@@ -12,6 +12,9 @@ values, never all outputs of all passes.
 A job whose rows fail (the model raises, returns NaN, or its ``keep`` raises) does not take the
 others down: the jobs that finished keep their values, and the rest are run again one at a
 time to find the failing one.
+
+Rows go to the runner's model unless a job names another :class:`Stage` (the model's head,
+fed feature maps); a row is then a set of named inputs, and jobs of one stage share batches.
 """
 
 from __future__ import annotations
@@ -20,15 +23,35 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from .errors import ConfigError, NumericalError, OnnxCamError, OutputError, TimeLimitError
 from .runtime import Session
 
-__all__ = ["Job", "JobResult", "Runner", "chunk_size", "one_input"]
+__all__ = ["Feed", "Job", "JobResult", "Runnable", "Runner", "Stage", "chunk_size", "one_input"]
 
 Values = dict[str, np.ndarray]
+#: A block of rows: an array for the model's first input, or arrays for named inputs.
+Feed = np.ndarray | Mapping[str, np.ndarray]
+
+
+class Runnable(Protocol):
+    """What the runner runs batches through (a :class:`onnxcam.runtime.Session`)."""
+
+    def run(
+        self, feed: Feed, outputs: Sequence[str] | None = None, *, time_limit: float | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """A model other than the runner's own that jobs can run on (the head after the explained
+    maps), and its fixed batch dimension when it has one."""
+
+    session: Runnable
+    fixed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -37,8 +60,9 @@ class Job:
 
     Attributes:
         count: the number of model inputs (rows).
-        inputs: ``inputs(chunk)`` yields the rows as arrays of at most ``chunk`` rows each,
-            ``count`` rows in all, in the model's input layout and dtype. It is called again
+        inputs: ``inputs(chunk)`` yields the rows as blocks of at most ``chunk`` rows each,
+            ``count`` rows in all, in the model's input layout and dtype: arrays, or mappings
+            of input name to array (every array with the block's rows). It is called again
             when the job is re-run alone, so it must start from the beginning each time.
         outputs: the model outputs ``keep`` reads.
         keep: reduces the outputs of consecutive rows (a mapping of name to ``(n, ...)``) to
@@ -50,10 +74,11 @@ class Job:
         what: what the rows are, for messages ("masked inputs").
         labels: names for outputs in messages (e.g. "the feature map of node 'x'").
         hint: what to try when an output goes NaN or Inf.
+        stage: where the rows run; None for the runner's model.
     """
 
     count: int
-    inputs: Callable[[int], Iterator[np.ndarray]]
+    inputs: Callable[[int], Iterator[Feed]]
     outputs: tuple[str, ...]
     keep: Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
     budget_s: float | None = None
@@ -61,6 +86,7 @@ class Job:
     what: str = "inputs"
     labels: Mapping[str, str] = field(default_factory=dict)
     hint: str = "check the preprocessing (--preset/--mean/--std) and that the model is float32-safe"
+    stage: Stage | None = None
 
 
 @dataclass(frozen=True)
@@ -119,15 +145,19 @@ class Runner:
             ConfigError, OutputError: a mistake that no other image would escape.
         """
         outcomes: list[JobResult | OnnxCamError | None] = [None] * len(jobs)
-        try:
-            self._run_shared(jobs, list(range(len(jobs))), outcomes)
-        except (ConfigError, OutputError):
-            raise
-        except OnnxCamError as exc:
-            pending = [i for i, o in enumerate(outcomes) if o is None]
-            if len(pending) == 1:
-                outcomes[pending[0]] = exc
-            else:
+        stages: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            stages.setdefault(id(job.stage), []).append(i)
+        for group in stages.values():
+            try:
+                self._run_shared(jobs, group, outcomes)
+            except (ConfigError, OutputError):
+                raise
+            except OnnxCamError as exc:
+                pending = [i for i in group if outcomes[i] is None]
+                if len(pending) == 1:
+                    outcomes[pending[0]] = exc
+                    continue
                 for i in pending:
                     try:
                         self._run_shared(jobs, [i], outcomes)
@@ -140,9 +170,13 @@ class Runner:
     def _run_shared(
         self, jobs: Sequence[Job], which: list[int], outcomes: list[JobResult | OnnxCamError | None]
     ) -> None:
-        """Run the jobs ``which`` in shared batches; fill ``outcomes`` as each one completes."""
+        """Run the jobs ``which`` (all of one stage) in shared batches; fill ``outcomes`` as each
+        one completes."""
+        stage = jobs[which[0]].stage
+        session = self.session if stage is None else stage.session
+        fixed = self.fixed if stage is None else stage.fixed
         total = sum(jobs[i].count for i in which)
-        chunk = self.fixed or chunk_size(total, self.batch)
+        chunk = fixed or chunk_size(total, self.batch)
         kept: dict[int, dict[str, list[np.ndarray]]] = {i: {} for i in which}
         build = dict.fromkeys(which, 0.0)
         spent = dict.fromkeys(which, 0.0)
@@ -167,9 +201,9 @@ class Runner:
                     finish(i)
                 continue
             t0 = time.perf_counter()
-            n = batch.shape[0]
+            n = _rows(batch)
             if n < chunk:
-                batch = np.concatenate([batch, np.repeat(batch[-1:], chunk - n, axis=0)])
+                batch = _pad(batch, chunk)
             limit = None
             if self.time_limit is not None:
                 limit = min(self.time_limit - build[i] - spent[i] for i, _, _ in segments)
@@ -179,7 +213,7 @@ class Runner:
                         f"{self.time_limit:.3g} s; raise --time-limit if it is only slow"
                     )
             deadline = {} if limit is None else {"time_limit": limit}
-            out = self.session.run(batch, names, **deadline)
+            out = session.run(batch, names, **deadline)
             elapsed = time.perf_counter() - t0
             start = 0
             for i, rows, last in segments:
@@ -202,13 +236,13 @@ class Runner:
         chunk: int,
         build: dict[int, float],
         spent: dict[int, float],
-    ) -> Iterator[tuple[np.ndarray | None, list[tuple[int, int, bool]]]]:
+    ) -> Iterator[tuple[Feed | None, list[tuple[int, int, bool]]]]:
         """Regroup the jobs' rows into batches of ``chunk`` rows (the last one may be short).
 
         Yields each batch with its segments ``(job, rows, is the job's last segment)``; a
         batch of None only closes a job whose budget ran out after its rows had run.
         """
-        pending: list[np.ndarray] = []
+        pending: list[Feed] = []
         segments: list[tuple[int, int, bool]] = []
         count = 0
         for i in which:
@@ -230,16 +264,16 @@ class Runner:
                 t = time.perf_counter()
                 block = next(stream, None)
                 build[i] += time.perf_counter() - t
-                if block is None or len(block) == 0:
+                if block is None or _rows(block) == 0:
                     raise ValueError(f"job {i} yielded fewer rows than its count")
-                block = block[:left]
-                left -= len(block)
-                while len(block):
-                    take = min(chunk - count, len(block))
-                    pending.append(block[:take])
-                    block = block[take:]
+                block = _slice(block, 0, left)
+                left -= _rows(block)
+                while _rows(block):
+                    take = min(chunk - count, _rows(block))
+                    pending.append(_slice(block, 0, take))
+                    block = _slice(block, take, None)
                     count += take
-                    segments.append((i, take, left == 0 and not len(block)))
+                    segments.append((i, take, left == 0 and not _rows(block)))
                     if count == chunk:
                         yield _stack(pending), segments
                         pending, segments, count = [], [], 0
@@ -247,8 +281,37 @@ class Runner:
             yield _stack(pending), segments
 
 
-def _stack(blocks: list[np.ndarray]) -> np.ndarray:
-    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+def _rows(block: Feed) -> int:
+    if isinstance(block, np.ndarray):
+        return len(block)
+    return len(next(iter(block.values())))
+
+
+def _slice(block: Feed, start: int, stop: int | None) -> Feed:
+    if isinstance(block, np.ndarray):
+        return block[start:stop]
+    return {name: value[start:stop] for name, value in block.items()}
+
+
+def _stack(blocks: list[Feed]) -> Feed:
+    if len(blocks) == 1:
+        return blocks[0]
+    arrays = [b for b in blocks if isinstance(b, np.ndarray)]
+    if arrays:
+        return np.concatenate(arrays)
+    named = [b for b in blocks if not isinstance(b, np.ndarray)]
+    return {name: np.concatenate([b[name] for b in named]) for name in named[0]}
+
+
+def _pad(batch: Feed, rows: int) -> Feed:
+    """The batch with its last row repeated up to ``rows`` rows (a real input: no NaN)."""
+
+    def padded(value: np.ndarray) -> np.ndarray:
+        return np.concatenate([value, np.repeat(value[-1:], rows - len(value), axis=0)])
+
+    if isinstance(batch, np.ndarray):
+        return padded(batch)
+    return {name: padded(value) for name, value in batch.items()}
 
 
 def _non_finite_rows(outputs: Mapping[str, np.ndarray]) -> dict[str, int]:

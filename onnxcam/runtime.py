@@ -258,12 +258,13 @@ class Session:
 
     def run(
         self,
-        feed: np.ndarray,
+        feed: np.ndarray | Mapping[str, np.ndarray],
         outputs: Sequence[str] | None = None,
         *,
         time_limit: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one batch through the first input; return the named outputs.
+        """Run one batch through the first input (or the named inputs of a mapping); return the
+        named outputs.
 
         With ``time_limit`` (seconds), a watchdog sets ONNX Runtime's ``RunOptions.terminate``
         when the time is up, and the run stops with a :class:`TimeLimitError`. Callers that
@@ -280,16 +281,18 @@ class Session:
             watchdog.daemon = True
             watchdog.start()
         try:
-            values = self._session.run(names, {self.inputs[0].name: feed}, options)
+            feeds = dict(feed) if isinstance(feed, Mapping) else {self.inputs[0].name: feed}
+            values = self._session.run(names, feeds, options)
         except Exception as exc:
             if options is not None and options.terminate:
                 raise TimeLimitError(
                     f"the model did not finish within the time limit ({time_limit:.3g} s left "
                     "for this image); raise --time-limit if it is only slow"
                 ) from exc
-            raise ModelError(
-                f"ONNX Runtime failed on an input of shape {tuple(feed.shape)}: {_first_line(exc)}"
-            ) from exc
+            shown = ", ".join(f"'{name}' {tuple(value.shape)}" for name, value in feeds.items())
+            if isinstance(feed, np.ndarray):
+                shown = f"an input of shape {tuple(feed.shape)}"
+            raise ModelError(f"ONNX Runtime failed on {shown}: {_first_line(exc)}") from exc
         finally:
             if watchdog is not None:
                 watchdog.cancel()
