@@ -1,17 +1,25 @@
-"""The Explainer's configuration: plain, frozen, picklable data, validated in one place."""
+"""The Explainer's configuration: plain, frozen, picklable data, validated in one place.
+
+That includes every method's settings: each method's :class:`~onnxcam.methods.Options` fields
+declare their command-line flag and valid range (:func:`onnxcam.methods.knob`);
+:func:`check_options` enforces them, :func:`method_options` builds a method's settings from a
+preset and the flags given, and :func:`method_flags` lists the flags for the command line.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from . import preprocess
 from .errors import ConfigError
 from .geometry import RESIZES
 from .methods import METHODS
-from .methods.scorecam import BASELINES, ScoreCamOptions
+from .methods.scorecam import BASELINES
 from .preprocess import Normalization
 from .runtime import ProviderSpec
 
@@ -19,10 +27,15 @@ __all__ = [
     "BASELINES",
     "PRESET_KEY",
     "ExplainerConfig",
+    "Flag",
+    "check_options",
+    "method_flags",
+    "method_options",
     "model_name",
     "model_sha256",
     "normalization",
     "preset_name",
+    "unused_flags",
     "validate",
 ]
 
@@ -52,7 +65,7 @@ class ExplainerConfig:
     device: str = "auto"
     labels: str | tuple[str, ...] | None = None
     max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
-    options: ScoreCamOptions = field(default_factory=ScoreCamOptions)
+    options: Any = None  # the method's Options; None: its official preset
     fp16: bool = False
     method: str = "scorecam"
     providers: tuple[ProviderSpec, ...] | None = None
@@ -85,8 +98,16 @@ def validate(config: ExplainerConfig) -> None:
     """Every option in range, or a :class:`ConfigError` naming it and what is valid."""
     if config.method not in METHODS:
         raise ConfigError(f"unknown method '{config.method}'; valid: {', '.join(METHODS)}")
+    if config.options is not None:
+        check_options(config.method, config.options)
     if config.baseline not in BASELINES:
         raise ConfigError(f"unknown baseline '{config.baseline}'; valid: {', '.join(BASELINES)}")
+    if config.baseline != "none" and not METHODS[config.method].takes_baseline:
+        takers = ", ".join(name for name, cls in METHODS.items() if cls.takes_baseline)
+        raise ConfigError(
+            f"method '{config.method}' takes no baseline (--baseline {config.baseline}); "
+            f"methods that do: {takers}"
+        )
     if config.preset is not None and config.preset not in preprocess.PRESETS:
         raise ConfigError(
             f"unknown preset '{config.preset}'; valid: {', '.join(preprocess.PRESETS)}"
@@ -145,3 +166,147 @@ def normalization(
         scale=base.scale if config.scale is None else float(config.scale),
         bgr=base.bgr if config.bgr is None else bool(config.bgr),
     )
+
+
+# ----------------------------------------------------------------------------- method settings
+
+
+def check_options(method: str, options: Any) -> None:
+    """``options`` are settings of ``method`` and every field is in its declared range.
+
+    Raises:
+        ConfigError: the wrong settings class, or a field out of range (named by its flag).
+    """
+    cls = METHODS[method]
+    if not isinstance(options, cls.options_type):
+        raise ConfigError(
+            f"method '{method}' takes {cls.options_type.__name__}, not {type(options).__name__}"
+        )
+    for f in fields(cls.options_type):
+        value = getattr(options, f.name)
+        meta = f.metadata
+        shown = meta.get("flag") or f.name
+        if value is None or isinstance(value, bool):
+            continue
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"unknown {shown} '{value}'; valid: {', '.join(choices)}")
+        if "minimum" in meta and value < meta["minimum"]:
+            raise ConfigError(f"{shown} must be at least {meta['minimum']:g}, got {value}")
+        if "maximum" in meta and value > meta["maximum"]:
+            raise ConfigError(f"{shown} must be at most {meta['maximum']:g}, got {value}")
+        if "above" in meta and not value > meta["above"]:
+            raise ConfigError(f"{shown} must be greater than {meta['above']:g}, got {value}")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line option that sets a field of some methods' settings.
+
+    Attributes:
+        flag: ``--samples``.
+        type: ``int``, ``float`` or ``str``.
+        choices: the valid values of a ``str`` flag.
+        help: per method that takes it, what it sets and its default.
+        methods: the methods that take it.
+    """
+
+    flag: str
+    type: type
+    choices: tuple[str, ...] | None
+    help: str
+    methods: tuple[str, ...]
+
+    @property
+    def dest(self) -> str:
+        """The keyword the command receives it as."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _flagged(cls: type) -> list[tuple[Any, type]]:
+    """The fields of an options class that have a flag, with their plain types."""
+    hints = typing.get_type_hints(cls)
+    found = []
+    for f in fields(cls):
+        if f.metadata.get("flag"):
+            kind = hints[f.name]
+            if isinstance(kind, types.UnionType):  # ``int | None``
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            found.append((f, kind))
+    return found
+
+
+def method_flags() -> list[Flag]:
+    """Every flag of every method's settings, in the order the methods are registered."""
+    seen: dict[str, dict[str, Any]] = {}
+    for name, cls in METHODS.items():
+        default = cls.presets["official"]
+        for f, kind in _flagged(cls.options_type):
+            entry = seen.setdefault(
+                f.metadata["flag"],
+                {"type": kind, "choices": f.metadata.get("choices"), "help": [], "methods": []},
+            )
+            value = getattr(default, f.name)
+            shown = "all" if value is None else value
+            entry["help"].append(f"{name}: {f.metadata['help']} ({shown})")
+            entry["methods"].append(name)
+    return [
+        Flag(flag, e["type"], e["choices"], "; ".join(e["help"]) + ".", tuple(e["methods"]))
+        for flag, e in seen.items()
+    ]
+
+
+def method_options(
+    method: str,
+    *,
+    compat: str = "official",
+    flags: Mapping[str, Any] | None = None,
+    strict: bool = True,
+) -> Any:
+    """``method``'s settings: its preset ``compat`` with the flags given (values not None).
+
+    Args:
+        method: a registered method.
+        compat: the preset.
+        flags: flag (``--samples``) -> value; None values are ignored.
+        strict: refuse a flag the method does not take (else ignore it: ``evaluate`` gives
+            every method the flags that apply to it).
+
+    Raises:
+        ConfigError: unknown method or preset, a flag the method does not take, a value out
+            of range.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'; valid: {', '.join(METHODS)}")
+    cls = METHODS[method]
+    if compat not in cls.presets:
+        having = [name for name, c in METHODS.items() if compat in c.presets]
+        raise ConfigError(
+            f"method '{method}' has no --compat {compat} (it has {', '.join(cls.presets)}); "
+            f"methods with one: {', '.join(having) or 'none'}"
+        )
+    settings = cls.presets[compat]
+    fields_by_flag = {f.metadata["flag"]: f.name for f, _ in _flagged(cls.options_type)}
+    changes = {}
+    for flag, value in (flags or {}).items():
+        if value is None:
+            continue
+        if flag in fields_by_flag:
+            changes[fields_by_flag[flag]] = value
+        elif strict:
+            takers = next((f.methods for f in method_flags() if f.flag == flag), ())
+            raise ConfigError(
+                f"method '{method}' takes no {flag}; "
+                + (f"methods that do: {', '.join(takers)}" if takers else "no method does")
+            )
+    settings = replace(settings, **changes)
+    check_options(method, settings)
+    return settings
+
+
+def unused_flags(methods: Sequence[str], flags: Mapping[str, Any]) -> list[str]:
+    """The flags given (not None) that none of ``methods`` takes."""
+    taken = {
+        f.metadata["flag"] for name in methods for f, _ in _flagged(METHODS[name].options_type)
+    }
+    return [flag for flag, value in flags.items() if value is not None and flag not in taken]

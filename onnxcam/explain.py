@@ -7,9 +7,10 @@ pass runs through the one runner (:mod:`onnxcam.runner`).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,13 @@ import numpy as np
 import onnx
 
 from . import graph, methods, modelinfo, ops, preprocess
-from .config import ExplainerConfig, model_name
+from .config import ExplainerConfig, method_options, model_name
 from .errors import ConfigError, NodeError, OnnxCamError
 from .geometry import Geometry
-from .methods import COMPAT, Clean, Method, Plan, ScoreCamOptions
-from .prepare import Prepared, prepare
+from .methods import Clean, Method, Plan, TargetMap
+from .prepare import Prepared, head_stage, linear_stage, prepare
 from .result import Result, TargetResult
-from .runner import Job, JobResult, Runner, one_input
+from .runner import Feed, Job, JobResult, Runner, Stage, one_input
 from .runtime import ProviderSpec, Session, session_settings
 from .targets import BindContext, Target, TargetLike, checked_scores, resolve_targets
 from .targets.base import TargetSpec
@@ -49,6 +50,8 @@ class Forward:
         geometry: where the image sits in ``x`` (stretched or letterboxed); None without an
             image.
         groups: with several nodes, how many of ``acts``' channels each gave, in order.
+        features: each explained node's activations, (K_i, h_i, w_i) float32.
+        clean: the clean values (batch of one) of the other tensors the model's head reads.
     """
 
     source: str | None
@@ -62,6 +65,8 @@ class Forward:
     given_tensor: bool = False
     geometry: Geometry | None = None
     groups: tuple[int, ...] = ()
+    features: tuple[np.ndarray, ...] = ()
+    clean: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class _Bound:
     targets: list[Target]
     clean_scores: list[float]
     plan: Plan
+    method: Method
 
 
 class Explainer:
@@ -114,11 +120,16 @@ class Explainer:
         device: ``auto``, ``cpu`` or ``cuda``.
         labels: a labels file or a sequence of names (default: the model's metadata).
         max_pixels: refuse images with more pixels than this.
-        options: the Score-CAM variant (see :class:`ScoreCamOptions`).
-        compat: ``official`` (default), ``grad-cam`` or ``torchcam``: a named bundle of
-            options reproducing that implementation's maps (exclusive with ``options``).
+        options: the method's settings, e.g. :class:`ScoreCamOptions` for ``scorecam``,
+            :class:`~onnxcam.methods.RiseOptions` for ``rise`` (default: its ``official``
+            preset).
+        compat: a named preset of the method's settings reproducing another implementation
+            (``official``, the default; ``grad-cam`` for scorecam, ablation and eigencam;
+            ``torchcam`` for scorecam, sscam, iscam and cam); exclusive with ``options``.
         fp16: run the model in float16 (inputs and outputs stay float32); meant for CUDA.
-        method: the saliency method (``scorecam``, the default, or ``activation``).
+        method: the saliency method: a name in :data:`onnxcam.METHODS` (``scorecam``, the
+            default; ``sscam``, ``iscam``, ``groupcam``, ``ablation``, ``recipro``, ``cam``,
+            ``eigencam``, ``rise``, ``activation``).
         providers: execution providers exactly as ONNX Runtime takes them (names or
             ``(name, options)`` pairs), instead of ``device``; the first must serve.
         session_options: an ``onnxruntime.SessionOptions`` or a mapping of its properties
@@ -153,7 +164,7 @@ class Explainer:
         device: str = "auto",
         labels: str | Path | Sequence[str] | None = None,
         max_pixels: int = preprocess.DEFAULT_MAX_PIXELS,
-        options: ScoreCamOptions | None = None,
+        options: Any = None,
         compat: str | None = None,
         fp16: bool = False,
         method: str = "scorecam",
@@ -166,9 +177,7 @@ class Explainer:
         if compat is not None:
             if options is not None:
                 raise ConfigError("pass either compat or options, not both")
-            if compat not in COMPAT:
-                raise ConfigError(f"unknown compat '{compat}'; valid: {', '.join(COMPAT)}")
-            options = COMPAT[compat]
+            options = method_options(method, compat=compat)
         label_spec: str | tuple[str, ...] | None
         if labels is None or isinstance(labels, (str, Path)):
             label_spec = None if labels is None else str(labels)
@@ -192,7 +201,7 @@ class Explainer:
             device=device,
             labels=label_spec,
             max_pixels=max_pixels,
-            options=options or ScoreCamOptions(),
+            options=options,
             fp16=fp16,
             method=method,
             providers=None if providers is None else tuple(providers),
@@ -231,6 +240,16 @@ class Explainer:
             time_limit=config.time_limit_s,
         )
         self._references: dict[str, dict[str, np.ndarray]] = {}
+        self._stages: dict[str, Stage] = {}
+        self._stage_lock = threading.Lock()
+        self.stage(self.method)  # a head the method needs is split off and opened now
+        if self.prepared.head is not None and self.prepared.head.clean:
+            shown = ", ".join(f"'{name}'" for name in self.prepared.head.clean)
+            if self.method.space == "head":
+                self.notes.append(
+                    f"the head after the node also reads {shown}, computed from the image "
+                    "before the node: it gets their clean values"
+                )
 
     # The prepared model, under the names the API has always had.
     @property
@@ -276,6 +295,31 @@ class Explainer:
     @property
     def provider(self) -> str:
         return str(self.session.info.provider)
+
+    def stage(self, method: Method) -> Stage | None:
+        """Where ``method``'s passes run: None for the model; the head after the node (opened
+        once, when a method first needs it) or the linear head read from the graph.
+
+        Raises:
+            ConfigError: the model has no head of the kind the method needs.
+        """
+        if method.space not in ("head", "linear"):
+            return None
+        with self._stage_lock:
+            if method.space not in self._stages:
+                if method.space == "head":
+                    made = head_stage(self.prepared, self.config, method.name)
+                else:
+                    made = linear_stage(self.prepared, method.name)
+                self._stages[method.space] = made
+            return self._stages[method.space]
+
+    def head_cost(self) -> dict[str, Any]:
+        """The head after the node: its nodes, the whole model's, and what it takes clean."""
+        head = self.prepared.head
+        if head is None:
+            return {"head": None, "reason": self.prepared.head_note}
+        return {"head_nodes": head.nodes, "model_nodes": head.total, "clean": list(head.clean)}
 
     def batch_size(self) -> int:
         """Passes per run: the user's choice, capped by what the model allows."""
@@ -345,7 +389,8 @@ class Explainer:
                 loaded.append(exc)
         model_outputs = tuple(o.name for o in self.prepared.outputs)
         features = self.prepared.feature_outputs
-        fetch = tuple(dict.fromkeys((*model_outputs, *features)))
+        clean_outputs = dict(self.prepared.clean_outputs)
+        fetch = tuple(dict.fromkeys((*model_outputs, *features, *clean_outputs.values())))
         good = [item for item in loaded if isinstance(item, _Loaded)]
         feature = {
             name: f"the feature map of node '{cand.label}'"
@@ -387,6 +432,7 @@ class Explainer:
                 continue
             acts = ops.stack_maps(maps)
             outputs = {name: values[name] for name in model_outputs}
+            clean = {tensor: values[name] for tensor, name in clean_outputs.items()}
             outcomes.append(
                 Forward(
                     item.source,
@@ -400,6 +446,8 @@ class Explainer:
                     item.given_tensor,
                     item.geometry,
                     tuple(m.shape[0] for m in maps) if len(maps) > 1 else (),
+                    tuple(m.astype(np.float32, copy=False) for m in maps),
+                    clean,
                 )
             )
         return outcomes
@@ -408,7 +456,7 @@ class Explainer:
 
     def bind(
         self, fwd: Forward, target: TargetLike | Iterable[TargetLike] | None = None, *,
-        score_kind: str | None = None,
+        score_kind: str | None = None, method: Method | None = None,
     ) -> list[Target]:  # fmt: skip
         """The targets ``target`` means for this image, bound to its clean outputs.
 
@@ -422,16 +470,22 @@ class Explainer:
         return self._bind(fwd, resolve_targets(target), score_kind)
 
     def _bind(
-        self, fwd: Forward, specs: Sequence[TargetSpec], score_kind: str | None = None
+        self,
+        fwd: Forward,
+        specs: Sequence[TargetSpec],
+        score_kind: str | None = None,
+        method: Method | None = None,
     ) -> list[Target]:
+        method = method or self.method
         ctx = BindContext(
             outputs=self.prepared.outputs,
             labels=self.labels,
-            score_kind=score_kind or self.method.score_kind,
+            score_kind=score_kind or method.score_kind,
             embed=self._reference,
             input_hw=(fwd.spec.height, fwd.spec.width),
             geometry=fwd.geometry,
             metadata=self.metadata,
+            detection_mode=method.detection_mode,
         )
         return [bound for spec in specs for bound in spec.bind(ctx, fwd.outputs)]
 
@@ -462,6 +516,7 @@ class Explainer:
         *,
         budget_s: float | None = None,
         required: int = 0,
+        stage: Stage | None = None,
     ) -> Job:
         outputs = tuple(dict.fromkeys(name for t in targets for name in t.outputs))
 
@@ -469,11 +524,13 @@ class Explainer:
             rows = next(iter(out.values())).shape[0]
             return {"scores": np.stack([checked_scores(t, out, rows) for t in targets], axis=1)}
 
+        what = "masked inputs" if stage is None else "perturbed feature maps"
         return Job(
             count, inputs, outputs, keep, budget_s, required,
-            what="masked inputs",
+            what=what,
             hint="the clean image scores finitely, so the preprocessing is not the cause: the "
-            "model breaks on masked inputs; try another --node or --baseline",
+            f"model breaks on {what}; try another --node or --baseline",
+            stage=stage,
         )  # fmt: skip
 
     # ----------------------------------------------------------------- explanations
@@ -554,13 +611,30 @@ class Explainer:
 
     def clean(self, fwd: Forward) -> Clean:
         """The image as a method sees it."""
-        return Clean(fwd.x, fwd.rgb, fwd.acts, fwd.spec, self.norm, fwd.groups)
+        return Clean(
+            fwd.x, fwd.rgb, fwd.acts, fwd.spec, self.norm, groups=fwd.groups, features=fwd.features
+        )
+
+    def method_maps(
+        self, fwd: Forward, targets: Sequence[Target], *, method: Method | None = None
+    ) -> list[TargetMap]:
+        """``method``'s map of each bound target (see :meth:`bind`; default method: the
+        explainer's), at the model's input resolution, its passes run through the runner."""
+        method = method or self.method
+        clean_scores = [float(checked_scores(t, fwd.outputs, 1)[0]) for t in targets]
+        clean = self.clean(fwd)
+        bound = _Bound(fwd, clean, list(targets), clean_scores, method.plan(clean), method)
+        outcome = self.runner.run([self._passes_job(bound)])[0]
+        if isinstance(outcome, OnnxCamError):
+            raise outcome
+        scores = _scores(outcome, len(bound.targets))
+        return method.combine_many(clean, bound.plan, scores, clean_scores)
 
     def _prepare_passes(self, fwd: Forward, specs: Sequence[TargetSpec]) -> _Bound:
         targets = self._bind(fwd, specs)
         clean_scores = [float(checked_scores(t, fwd.outputs, 1)[0]) for t in targets]
         clean = self.clean(fwd)
-        return _Bound(fwd, clean, targets, clean_scores, self.method.plan(clean))
+        return _Bound(fwd, clean, targets, clean_scores, self.method.plan(clean), self.method)
 
     def _explain_bound(self, ready: Sequence[_Bound]) -> list[Result | OnnxCamError]:
         """Every image's passes in shared batches, then each target's map."""
@@ -574,25 +648,52 @@ class Explainer:
         return results
 
     def _passes_job(self, bound: _Bound) -> Job:
-        """The image's planned passes; a budget counts the time its activation pass took."""
+        """The image's planned passes, on the model or its head; a budget counts the time the
+        activation pass took."""
         plan, fwd = bound.plan, bound.fwd
         budget = None
         if plan.budget_s is not None:
             budget = max(0.0, plan.budget_s - fwd.preprocess_s - fwd.activation_s)
+        stage = self.stage(bound.method)
+        inputs = plan.inputs
+        if bound.method.space == "head":
+            inputs = self._head_feeds(fwd, plan.inputs)
         return self._scoring_job(
-            bound.targets, plan.count, plan.inputs, budget_s=budget, required=plan.required
-        )
+            bound.targets, plan.count, inputs, budget_s=budget, required=plan.required,
+            stage=stage,
+        )  # fmt: skip
+
+    def _head_feeds(self, fwd: Forward, inputs: Any) -> Any:
+        """A head plan's blocks (each node's (n, K, h, w) maps) as the head's named inputs:
+        maps in their node's layout, and the clean values of what else the head reads."""
+        head = self.prepared.head
+        assert head is not None  # stage() has checked
+        cands = self.candidates
+
+        def feeds(chunk: int) -> Iterator[Feed]:
+            for block in inputs(chunk):
+                n = len(block[0])
+                feed = {}
+                for cand, maps in zip(cands, block, strict=True):
+                    shaped = maps.transpose(0, 2, 3, 1) if cand.layout == "NHWC" else maps
+                    feed[head.feeds[cand.tensor]] = np.ascontiguousarray(shaped, np.float32)
+                for name in head.clean:
+                    feed[head.feeds[name]] = np.repeat(fwd.clean[name], n, axis=0)
+                yield feed
+
+        return feeds
 
     def _result(self, bound: _Bound, outcome: JobResult) -> Result:
         t0 = time.perf_counter()
         fwd, plan = bound.fwd, bound.plan
         scores = _scores(outcome, len(bound.targets))
         notes = list(self.notes)
-        if not self.method.class_specific:
-            notes.append(f"method '{self.method.name}' does not depend on the target")
+        method = bound.method
+        if not method.class_specific:
+            notes.append(f"method '{method.name}' does not depend on the target")
         maps = []
-        for i, target in enumerate(bound.targets):
-            made = self.method.combine(bound.clean, plan, scores[:, i], bound.clean_scores[i])
+        made_all = method.combine_many(bound.clean, plan, scores, bound.clean_scores)
+        for target, made in zip(bound.targets, made_all, strict=True):
             cam, info = made.map, {**target.describe(), **made.info}
             if not cam.any():
                 notes.append(
@@ -615,9 +716,9 @@ class Explainer:
             model=model_name(self.config.model),
             node=self.node_label,
             tensor=",".join(c.tensor for c in self.candidates),
-            method=self.method.name,
+            method=method.name,
             options={
-                **self.method.options(),
+                **method.options(),
                 "batch_size": self.batch_size(),
                 "preprocess": asdict(self.norm),
                 "input_size": [fwd.spec.height, fwd.spec.width],

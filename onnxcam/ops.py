@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "COMBINE_AT",
     "apply_masks",
     "as_dtype",
     "blend",
@@ -20,6 +21,7 @@ __all__ = [
     "interp_matrix",
     "minmax",
     "resize_map",
+    "saliency_map",
     "stack_maps",
     "upsample",
 ]
@@ -63,6 +65,38 @@ def minmax(maps: np.ndarray, *, eps: float = 0.0) -> np.ndarray:
     return np.where(span > 0, (maps - lo) / safe, 0.0).astype(np.float32)
 
 
+#: Where a weighted sum of channels becomes a map: at the input's or the feature map's size.
+COMBINE_AT = ("input", "feature")
+
+
+def saliency_map(
+    summed: np.ndarray,
+    size: tuple[int, int],
+    *,
+    at: str = "input",
+    relu: bool = True,
+    eps: float = 0.0,
+    renormalize: bool = False,
+) -> np.ndarray:
+    """The map of a score per feature-map cell ``S`` (h, w), e.g. a weighted sum of channels:
+    (H, W) float32 in [0, 1].
+
+    ``at="input"``: ``ReLU(Up(S)) / max`` (an all-zero map stays zero, never NaN);
+    ``at="feature"``: ``Up(mm(ReLU(S)))`` (``mm(S)`` without ``relu``) with
+    ``mm(C) = (C - min) / (max - min + eps)``, and with ``renormalize`` ``mm`` once more after
+    upsampling (pytorch-grad-cam's ``scale_cam_image`` before and after ``cv2.resize``).
+    """
+    if at == "feature":
+        small = minmax((np.maximum(summed, 0.0) if relu else summed)[None], eps=eps)[0]
+        cam = upsample(small, size, align_corners=False)
+        return minmax(cam[None], eps=eps)[0] if renormalize else cam
+    cam = np.maximum(upsample(summed, size, align_corners=False), 0.0)
+    peak = float(cam.max(initial=0.0))
+    if peak <= 0.0 or not np.isfinite(peak):
+        return np.zeros(size, np.float32)
+    return (cam / peak).astype(np.float32)
+
+
 def channels_first(acts: np.ndarray, layout: str) -> np.ndarray:
     """One image's feature map (h, w, K) or (K, h, w) as (K, h, w)."""
     return np.transpose(acts, (2, 0, 1)) if layout == "NHWC" else acts
@@ -85,6 +119,13 @@ def apply_masks(x: np.ndarray, masks: np.ndarray, layout: str) -> np.ndarray:
     if np.issubdtype(x.dtype, np.integer):
         out = np.round(out)
     return out.astype(x.dtype, copy=False)
+
+
+def mix(start: np.ndarray, finish: np.ndarray, masks: np.ndarray, layout: str) -> np.ndarray:
+    """Per mask (n, H, W) in [0, 1]: ``finish ⊙ M + start ⊙ (1 - M)``, in ``start``'s dtype."""
+    base = start.astype(np.float32, copy=False)
+    weights = expand_masks(masks.astype(np.float32, copy=False), layout)
+    return as_dtype(base + weights * (finish.astype(np.float32, copy=False) - base), start.dtype)
 
 
 def blend(start: np.ndarray, finish: np.ndarray, taken: np.ndarray, layout: str) -> np.ndarray:

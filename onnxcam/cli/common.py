@@ -6,17 +6,18 @@ import os
 import sys
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import preprocess
+from ..config import method_flags, method_options
 from ..errors import OnnxCamError
 from ..explain import Explainer
 from ..geometry import RESIZES
-from ..methods.scorecam import BASELINES, COMPAT, RANKS
+from ..methods import METHODS
+from ..methods.scorecam import BASELINES
 from ..outdir import is_output_folder, recorded_files
 from ..runtime import DEVICES
 from ..targets import TargetSpec, load_target_file, parse_target
@@ -131,6 +132,19 @@ TARGET_HELP = (
     "main class of a segmenter, else the top class)."
 )
 
+COMPATS = list(dict.fromkeys(name for cls in METHODS.values() for name in cls.presets))
+
+
+def _method_flag(flag: Any) -> Any:
+    """The click option of one method setting; its range is checked by onnxcam.config."""
+    kind: Any = click.Choice(flag.choices) if flag.choices else flag.type
+    return click.option(flag.flag, flag.dest, type=kind, default=None, help=flag.help)
+
+
+#: Every method setting's flag (--channels, --samples, --noise, --groups, ...), from the
+#: methods' options: a new setting needs no change here.
+METHOD_FLAGS = [_method_flag(flag) for flag in method_flags()]
+
 # Options shared by every command that builds an Explainer, in the order --help shows them.
 _EXPLAINER_OPTIONS = [
     click.option("--node", default="auto", show_default=True,
@@ -151,13 +165,12 @@ _EXPLAINER_OPTIONS = [
     click.option("--target-file", type=click.Path(path_type=Path),
                  help="Targets as JSON: an object or a list of objects with 'kind' and keys."),
     click.option("--baseline", type=click.Choice(BASELINES), default="none", show_default=True,
-                 help="Score subtracted from each masked score."),
-    click.option("--compat", type=click.Choice(list(COMPAT)), default="official",
-                 show_default=True, help="Reproduce another implementation's Score-CAM."),
-    click.option("--channels", type=click.IntRange(min=1),
-                 help="Fast mode: score only the top N channels (default: all, exact)."),
-    click.option("--rank", type=click.Choice(RANKS), default="std", show_default=True,
-                 help="Fast-mode ranking: spatial std (Faster Score-CAM) or max (CSKIP)."),
+                 help="Score subtracted from each masked score (scorecam, sscam, iscam)."),
+    click.option("--compat", type=click.Choice(COMPATS), default="official",
+                 show_default=True,
+                 help="Reproduce another implementation's method: grad-cam (scorecam, "
+                      "ablation, eigencam), torchcam (scorecam, sscam, iscam, cam)."),
+    *METHOD_FLAGS,
     click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True),
                  metavar="SECONDS",
                  help="Anytime Score-CAM: run the most promising masks first and stop after "
@@ -197,11 +210,30 @@ def target_specs(options: dict[str, Any]) -> list[TargetSpec] | None:
     return specs or None
 
 
-def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
-    """Build the Explainer from the shared options (targets are per call, not per model)."""
-    scorecam_options = replace(
-        COMPAT[options["compat"]], top_channels=options["channels"], rank=options["rank"]
-    )
+def flags_given(options: dict[str, Any]) -> dict[str, Any]:
+    """The method settings' flags and their values (None when not given)."""
+    return {flag.flag: options[flag.dest] for flag in method_flags()}
+
+
+def method_settings(method: str, options: dict[str, Any], *, strict: bool = True) -> Any:
+    """``method``'s settings from ``--compat`` and the method flags. ``strict``: refuse a
+    flag or a preset the method does not take (else it keeps its default: ``evaluate``
+    gives every method what applies to it)."""
+    compat = options["compat"]
+    if not strict and compat not in METHODS[method].presets:
+        compat = "official"
+    return method_options(method, compat=compat, flags=flags_given(options), strict=strict)
+
+
+def open_explainer(
+    model: Path, options: dict[str, Any], method: str = "scorecam", *, strict: bool = True
+) -> Explainer:
+    """Build the Explainer from the shared options (targets are per call, not per model);
+    ``strict``: refuse a method flag that ``method`` does not take."""
+    settings = method_settings(method, options, strict=strict)
+    baseline = options["baseline"]
+    if not strict and not METHODS[method].takes_baseline:
+        baseline = "none"
     explainer = Explainer(
         model,
         node=options["node"],
@@ -213,8 +245,9 @@ def open_explainer(model: Path, options: dict[str, Any]) -> Explainer:
         size=options["size"],
         layout=options["layout"],
         resize=options["resize"],
-        baseline=options["baseline"],
-        options=scorecam_options,
+        baseline=baseline,
+        method=method,
+        options=settings,
         batch_size=options["batch_size"],
         threads=options["threads"],
         device=options["device"],

@@ -13,6 +13,7 @@ import click
 from ..config import model_sha256
 from ..errors import OnnxCamError
 from ..explain import Explainer
+from ..methods import METHODS
 from ..outdir import OutputFolder, relative_stems
 from ..render import build_report, report_files, write_thumbnails
 from ..result import Result, file_names, version
@@ -91,6 +92,13 @@ def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], lis
     show_default=True,
     help="Folder for the results.",
 )
+@click.option(
+    "--method",
+    type=click.Choice(list(METHODS)),
+    default="scorecam",
+    show_default=True,
+    help="Saliency method (README: Methods).",
+)
 @explainer_options
 @click.option(
     "--alpha",
@@ -139,9 +147,11 @@ def explain(
     report: bool | None,
     resume: bool,
     overwrite: bool,
+    method: str,
     **options: Any,
 ) -> None:
-    """Explain IMAGES (files or folders) with Score-CAM; write maps and records to -o.
+    """Explain IMAGES (files or folders) with a saliency method (Score-CAM unless --method);
+    write maps and records to -o.
 
     A rerun into the same folder continues where the last one stopped; files are never
     overwritten unless --overwrite.
@@ -152,13 +162,13 @@ def explain(
     if options["engine"] == "ray":  # a whole dataset on Ray Data (onnxcam.cli.scale)
         explain_on_ray(
             model, images, out_dir=out_dir, alpha=alpha, emphasis=emphasis, report=report,
-            overwrite=overwrite, options=options,
+            overwrite=overwrite, options=options, method=method,
         )  # fmt: skip
         return
     refuse_ray_options(options)
     targets = target_specs(options)
     files = image_files(tuple(map(Path, images)), exclude=out_dir)
-    explainer = open_explainer(model, options)
+    explainer = open_explainer(model, options, method)
     settings = run_settings(explainer, targets, alpha)
     settings["emphasize"] = emphasis
     stems = dict(zip(files, relative_stems(files), strict=True))

@@ -122,8 +122,10 @@ def explain_on_ray(
     report: bool | None,
     overwrite: bool,
     options: dict[str, Any],
+    method: str = "scorecam",
 ) -> None:
-    """Run ``explain`` as a Ray job; print the progress, the failures and one summary line."""
+    """Run ``explain`` with ``method`` as a Ray job; print the progress, the failures and one
+    summary line."""
     from ..scale.ray import JobOptions, run_job  # imports Ray: only here
     from .common import open_explainer
     from .explain import run_settings
@@ -136,7 +138,7 @@ def explain_on_ray(
         )
     targets = target_specs(options)
     manifest = dataset_manifest(images, out_dir)
-    explainer = open_explainer(model, options)
+    explainer = open_explainer(model, options, method)
     settings = run_settings(explainer, targets, alpha)
     settings["emphasize"] = emphasis
     job = JobOptions(

@@ -12,15 +12,15 @@ run once; fast modes keep the top-N channels by spatial std (Faster Score-CAM) o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import ops, preprocess
 from ..errors import ConfigError
-from .base import Clean, Method, Plan, TargetMap, fuse_nodes
+from .base import Clean, Method, Options, Plan, TargetMap, fuse_nodes, knob
 
 __all__ = [
     "BASELINES",
@@ -44,7 +44,7 @@ BASELINES = ("none", "zero", "black", "blur")
 
 
 @dataclass(frozen=True)
-class ScoreCamOptions:
+class ScoreCamOptions(Options):
     """The knobs on which Score-CAM implementations differ (see ``COMPAT`` for bundles).
 
     Attributes:
@@ -67,27 +67,27 @@ class ScoreCamOptions:
             ``max_N``) or ``"max"`` (channel maximum: CSKIP).
     """
 
-    score: str = "probability"
+    score: str = knob("probability", choices=SCORES)
     channel_softmax: bool = False
     align_corners: bool = False
     normalize_first: bool = False
-    mask_eps: float = 0.0
+    mask_eps: float = knob(0.0, minimum=0.0)
     skip_constant: bool = True
-    combine_at: str = "input"
-    cam_eps: float = 0.0
+    combine_at: str = knob("input", choices=ops.COMBINE_AT)
+    cam_eps: float = knob(0.0, minimum=0.0)
     renormalize: bool = False
-    top_channels: int | None = None
-    rank: str = "std"
-
-    def __post_init__(self) -> None:
-        if self.score not in SCORES:
-            raise ConfigError(f"unknown score '{self.score}'; valid: {', '.join(SCORES)}")
-        if self.combine_at not in ("input", "feature"):
-            raise ConfigError(f"unknown combine_at '{self.combine_at}'; valid: input, feature")
-        if self.rank not in RANKS:
-            raise ConfigError(f"unknown rank '{self.rank}'; valid: {', '.join(RANKS)}")
-        if self.top_channels is not None and self.top_channels < 1:
-            raise ConfigError(f"top_channels must be at least 1, got {self.top_channels}")
+    top_channels: int | None = knob(
+        None,
+        flag="--channels",
+        minimum=1,
+        help="fast mode: score only the top N channels (default: all, exact)",
+    )
+    rank: str = knob(
+        "std",
+        flag="--rank",
+        choices=RANKS,
+        help="fast-mode ranking: spatial std (Faster Score-CAM) or max (CSKIP)",
+    )
 
 
 #: Named bundles that reproduce other implementations' maps.
@@ -231,20 +231,13 @@ def channel_weights(
 def combine(
     acts: np.ndarray, weights: np.ndarray, size: tuple[int, int], options: ScoreCamOptions
 ) -> np.ndarray:
-    """The saliency map from activations (K, h, w) and channel weights (K,), (H, W) in [0, 1].
-
-    An all-zero map stays all zero.
+    """The saliency map from activations (K, h, w) and channel weights (K,), (H, W) in [0, 1]
+    (:func:`onnxcam.ops.saliency_map` of ``Σ_k w_k A_k``). An all-zero map stays all zero.
     """
     summed = np.tensordot(weights.astype(np.float64), acts.astype(np.float64), axes=1)
-    if options.combine_at == "feature":
-        small = ops.minmax(np.maximum(summed, 0.0)[None], eps=options.cam_eps)[0]
-        cam = ops.upsample(small, size, align_corners=False)
-        return ops.minmax(cam[None], eps=options.cam_eps)[0] if options.renormalize else cam
-    cam = np.maximum(ops.upsample(summed, size, align_corners=False), 0.0)
-    peak = float(cam.max(initial=0.0))
-    if peak <= 0.0 or not np.isfinite(peak):
-        return np.zeros(size, np.float32)
-    return (cam / peak).astype(np.float32)
+    return ops.saliency_map(
+        summed, size, at=options.combine_at, eps=options.cam_eps, renormalize=options.renormalize
+    )
 
 
 @dataclass(frozen=True)
@@ -314,9 +307,15 @@ class ScoreCam(Method):
             the fast modes rank them) until this many seconds are spent; the map is the
             weighted sum of the channels that ran, and :func:`fidelity` estimates how close
             it is to the exact one.
+
+    Subclasses that score every mask several times, perturbed (SS-CAM, IS-CAM), set
+    :meth:`repeats` and :meth:`perturb`; a channel's score is then the mean over its repeats.
     """
 
     name = "scorecam"
+    takes_baseline = True
+    options_type = ScoreCamOptions
+    presets: ClassVar[Mapping[str, ScoreCamOptions]] = COMPAT
 
     def __init__(
         self,
@@ -325,7 +324,7 @@ class ScoreCam(Method):
         baseline: str = "none",
         budget_s: float | None = None,
     ) -> None:
-        self.settings = options or ScoreCamOptions()
+        super().__init__(options, baseline=baseline)
         if baseline not in BASELINES:
             raise ConfigError(f"unknown baseline '{baseline}'; valid: {', '.join(BASELINES)}")
         if self.settings.score == "logit_delta" and baseline != "none":
@@ -334,7 +333,8 @@ class ScoreCam(Method):
             )
         if budget_s is not None and not budget_s > 0:
             raise ConfigError(f"the time budget must be positive seconds, got {budget_s}")
-        self.baseline = baseline
+        if budget_s is not None and self.repeats() > 1:
+            raise ConfigError(f"method '{self.name}' takes no time budget; scorecam does")
         self.budget_s = budget_s
         self.score_kind = "probability" if self.settings.score == "probability" else "logit"
 
@@ -344,12 +344,24 @@ class ScoreCam(Method):
 
     def options(self) -> dict[str, Any]:
         extra = {} if self.budget_s is None else {"budget_s": self.budget_s}
-        return {
-            "compat": compat_name(self.settings),
-            **asdict(self.settings),
-            "baseline": self.baseline,
-            **extra,
-        }
+        return {**super().options(), **extra}
+
+    def compat(self) -> str:
+        """The preset the options come from (fast-mode settings aside), or ``custom``."""
+        core = replace(self.settings, top_channels=None, rank="std")
+        return next((name for name, preset in self.presets.items() if preset == core), "custom")
+
+    def repeats(self) -> int:
+        """How many times every mask is scored."""
+        return 1
+
+    def perturb(self, masks: np.ndarray, repeat: int, rng: np.random.Generator) -> np.ndarray:
+        """Mask ``repeat`` of the masks (n, H, W); ``rng`` is that repeat's own generator,
+        drawn from in mask order (so the masks do not depend on the chunk size)."""
+        return masks
+
+    def _generator(self, repeat: int) -> np.random.Generator:
+        return np.random.default_rng(repeat)
 
     def plan(self, clean: Clean) -> Plan:
         options, acts = self.settings, clean.acts
@@ -371,27 +383,32 @@ class ScoreCam(Method):
         base = preprocess.baseline_tensor(self.baseline, clean.x, clean.spec, clean.norm)
         channels = _Channels(reps[groups], owner, active, constant, base is not None, blank)
         extra = [base] if base is not None else []
-        if blank:
-            nothing = np.zeros((1, *clean.size), np.float32)
-            extra.append(ops.apply_masks(clean.x, nothing, clean.spec.layout))
+        repeats = self.repeats()
 
         def inputs(chunk: int) -> Iterator[np.ndarray]:
             yield from extra
-            for masks in iter_masks(acts, channels.reps, clean.size, chunk, options):
-                yield ops.apply_masks(clean.x, masks, clean.spec.layout)
+            for repeat in range(repeats):
+                rng = self._generator(repeat)
+                if blank:
+                    nothing = np.zeros((1, *clean.size), np.float32)
+                    yield ops.apply_masks(clean.x, self.perturb(nothing, repeat, rng), layout)
+                for masks in iter_masks(acts, channels.reps, clean.size, chunk, options):
+                    yield ops.apply_masks(clean.x, self.perturb(masks, repeat, rng), layout)
 
+        layout = clean.spec.layout
         k = acts.shape[0]
         used = int(active.sum())
         skipped = int((constant & ~active).sum())
+        per_repeat = len(channels.reps) + int(blank)
         stats = {
             "channels_total": int(k),
             "channels_used": used,
             "channels_skipped": skipped,
             "channels_dropped": int(k - used - skipped),
-            "masked_passes": len(channels.reps) + int(blank),
+            "masked_passes": per_repeat * repeats,
         }
-        count = len(extra) + len(channels.reps)
-        required = len(extra) + min(1, len(channels.reps))
+        count = len(extra) + per_repeat * repeats
+        required = len(extra) + int(blank) + min(1, len(channels.reps))
         return Plan(count, inputs, stats, channels, budget_s=self.budget_s, required=required)
 
     def combine(
@@ -402,12 +419,15 @@ class ScoreCam(Method):
         base_score = clean_score if self.settings.score == "logit_delta" else 0.0
         if channels.baseline:
             base_score, first = float(scores[0]), 1
+        masked = scores[first:]
+        repeats = self.repeats()
+        if repeats > 1:  # the mean over every repeat of each mask
+            masked = masked.reshape(repeats, -1).mean(axis=0)
         k = clean.acts.shape[0]
         channel_scores = np.zeros(k)
         if channels.blank:
-            channel_scores[channels.active & channels.constant] = scores[first]
-            first += 1
-        masked = scores[first:]
+            channel_scores[channels.active & channels.constant] = masked[0]
+            masked = masked[1:]
         ran = channels.owner >= 0
         ran &= channels.owner < len(masked)  # a budget may have stopped before the rest
         channel_scores[ran] = masked[channels.owner[ran]]

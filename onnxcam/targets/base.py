@@ -104,6 +104,8 @@ class BindContext:
         geometry: where the image sits in the input (boxes and regions given in image
             pixels map through it), None when a tensor came without its image.
         metadata: the model's metadata (Ultralytics ``task``, ``names`` ...).
+        detection_mode: how a detection target left at its default mode scores an object
+            (the method's choice: ``iou``, or ``drise`` for RISE).
     """
 
     outputs: tuple[OutputInfo, ...]
@@ -113,6 +115,7 @@ class BindContext:
     input_hw: tuple[int, int] = (0, 0)
     geometry: Geometry | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    detection_mode: str = "iou"
 
     def label(self, index: int) -> str | None:
         if self.labels is not None and 0 <= index < len(self.labels):

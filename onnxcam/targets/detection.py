@@ -15,10 +15,10 @@ The score of an object ``T`` (box ``b_T``, class ``c``, class vector ``P_T``) on
 (masked) input, over its candidates ``j`` (box ``b_j``, objectness ``O_j``, class scores
 ``P_j``):
 
-- ``iou`` (default): ``max_j IoU(b_j, b_T) · O_j · P_j[c]``;
-- ``drise`` (Petsiuk et al., D-RISE, CVPR 2021): ``max_j IoU(b_j, b_T) · O_j ·
-  cos(P_j, P_T)``, with ``P_T`` the clean detection's class scores (one-hot for ``box=`` with
-  ``class=``);
+- ``iou`` (the default, except under RISE): ``max_j IoU(b_j, b_T) · O_j · P_j[c]``;
+- ``drise`` (Petsiuk et al., D-RISE, CVPR 2021; the default under ``--method rise``):
+  ``max_j IoU(b_j, b_T) · O_j · cos(P_j, P_T)``, with ``P_T`` the clean detection's class
+  scores (one-hot for ``box=`` with ``class=``);
 - ``grad-cam`` (pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``): the candidate of highest
   IoU with ``b_T`` among those scoring at least 0.05 (torchvision's ``box_score_thresh``);
   ``IoU + its score`` when that IoU is above 0.5 and its best class is ``c``, else 0.
@@ -112,7 +112,7 @@ class DetectionSpec(TargetSpec):
     conf: float = 0.25
     max: int = 10
     iou: float | None = None
-    mode: str = "iou"
+    mode: str | None = None  # None: the method's choice (iou; drise for rise)
     format: str = "auto"
     output: str | None = None
 
@@ -241,12 +241,13 @@ class DetectionSpec(TargetSpec):
     ) -> Target:
         shown = box if ctx.geometry is None else ctx.geometry.to_image(box)
         label = ctx.label(c)
+        mode = self.mode or ctx.detection_mode
         record: dict[str, Any] = {
             "kind": self.kind,
             "spec": self.spec,
             "output": layout.outputs[0] if len(layout.outputs) == 1 else list(layout.outputs),
             "format": layout.format,
-            "mode": self.mode,
+            "mode": mode,
             "class_index": c,
             "label": label,
             "box": [round(float(v), 2) for v in shown],
@@ -255,12 +256,12 @@ class DetectionSpec(TargetSpec):
         if rank is not None:
             record["index"] = rank
         target = DetectionTarget(
-            layout, ctx.input_hw, np.asarray(box, np.float64), c, vector, self.mode, record
+            layout, ctx.input_hw, np.asarray(box, np.float64), c, vector, mode, record
         )
         column = cand.classes[:, min(c, cand.classes.shape[1] - 1)]
         confidence = float((box_iou(cand.boxes, target.box) * cand.objectness * column).max())
         record["score"] = confidence  # the model's confidence in the object, IoU-weighted
-        record["scored"] = self.mode
+        record["scored"] = mode
         where = ", ".join(f"{v:.0f}" for v in shown)
         record["summary"] = (
             (f"det {rank}: " if rank is not None else "")
