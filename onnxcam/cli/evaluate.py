@@ -11,10 +11,12 @@ import click
 import cv2
 import numpy as np
 
+from ..config import unused_flags
 from ..errors import ConfigError, OnnxCamError
-from ..evaluate import METHODS, SUBSTRATES, Evaluation, summarize
+from ..evaluate import METHODS, REFERENCES, SUBSTRATES, Evaluation, format_table, summarize
 from ..evaluate import evaluate as run_evaluation
 from ..outdir import relative_stems
+from ..quantus import quantus_npz
 from ..render import ensure_dir, write_atomic
 from ..render.evalreport import write_evaluation_report
 from ..render.overlay import overlay
@@ -24,9 +26,12 @@ from .common import (
     echo,
     explainer_options,
     finish,
+    flags_given,
     image_files,
+    method_settings,
     open_explainer,
     report_error,
+    safe,
     target_specs,
 )
 
@@ -50,6 +55,47 @@ def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str
     return list(grid.items())
 
 
+def _methods(given: tuple[str, ...]) -> tuple[str, ...]:
+    """The methods named by ``--method`` (comma-separated or repeated), in order, once each."""
+    if not given:
+        return ("scorecam", "activation", *REFERENCES)
+    names = [name.strip() for text in given for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown method '{safe(unknown[0])}'; valid: {', '.join(METHODS)}",
+            param_hint="'--method'",
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _boxes(path: Path) -> dict[str, Any]:
+    """The ``--boxes`` file: image file name -> its boxes."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise click.BadParameter(
+            f"cannot read {safe(str(path))}: {exc}", param_hint="'--boxes'"
+        ) from None
+    if not isinstance(found, dict):
+        raise click.BadParameter(
+            "expected a JSON object of file name -> boxes", param_hint="'--boxes'"
+        )
+    return found
+
+
+def _image_boxes(truth: dict[str, Any], files: list[Path]) -> dict[Path, list[Any]]:
+    """Each image's boxes: under its path as given, or its file name."""
+    found = {}
+    for path in files:
+        boxes = truth.get(str(path), truth.get(path.name))
+        if not isinstance(boxes, list):
+            why = "no entry" if boxes is None else "not a list of boxes"
+            raise click.BadParameter(f"{why} for {safe(path.name)}", param_hint="'--boxes'")
+        found[path] = boxes
+    return found
+
+
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -57,8 +103,9 @@ def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str
     "--method",
     "methods",
     multiple=True,
-    type=click.Choice(METHODS),
-    help="Methods to compare (repeatable; default: all).",
+    metavar="NAME[,NAME...]",
+    help=f"Methods and references to compare (comma-separated or repeated; from "
+    f"{', '.join(METHODS)}; default: scorecam, activation, center, random).",
 )
 @click.option(
     "--steps",
@@ -74,7 +121,6 @@ def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str
     show_default=True,
     help="What deleted pixels become (insertion always starts from a blur).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random map.")
 @click.option(
     "-o",
     "--output",
@@ -85,6 +131,26 @@ def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str
     help="Folder for evaluation.json, report.html and the maps' pictures (a path ending in "
     ".json names the JSON file; the report goes next to it).",
 )
+@click.option(
+    "--boxes",
+    "boxes_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ground-truth boxes for the pointing games: JSON mapping image file names to lists "
+    'of [x0, y0, x1, y1] or {"box": [...], "class": N} in image pixels.',
+)
+@click.option("--road/--no-road", default=True, show_default=True, help="Run ROAD.")
+@click.option(
+    "--adcc/--no-adcc",
+    default=True,
+    show_default=True,
+    help="Compute ADCC (each method's map of its explanation input: its passes once more).",
+)
+@click.option(
+    "--quantus",
+    "quantus_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the maps, inputs and targets as a .npz for Quantus (README: Evaluate).",
+)
 @explainer_options
 def evaluate(
     model: Path,
@@ -92,20 +158,33 @@ def evaluate(
     methods: tuple[str, ...],
     steps: int,
     substrate: str,
-    seed: int,
     out_path: Path,
+    boxes_file: Path | None,
+    road: bool,
+    adcc: bool,
+    quantus_file: Path | None,
     **options: Any,
 ) -> None:
-    """Faithfulness metrics of Score-CAM and reference maps on IMAGES.
+    """Faithfulness metrics of saliency methods and reference maps on IMAGES.
 
-    Average Drop (lower is better), Increase in Confidence (higher), Deletion AUC (lower) and
-    Insertion AUC (higher); see the README for the formulas. With several targets, the first
-    one is evaluated.
+    Average Drop (lower is better), Increase in Confidence (higher), Deletion AUC (lower),
+    Insertion AUC (higher), ROAD MoRF (lower) and LeRF (higher), ADCC (higher) and, with
+    --boxes, the pointing game and the energy-based pointing game (higher); see the README
+    for the formulas. With several targets, the first one is evaluated. Method flags
+    (--samples, --groups, ...) and --compat go to the methods that take them.
     """
+    chosen = _methods(methods)
     targets = target_specs(options)
     files = image_files(images)
-    explainer = open_explainer(model, options)
-    chosen = methods or METHODS
+    truth = None if boxes_file is None else _image_boxes(_boxes(boxes_file), files)
+    explained = [m for m in chosen if m not in REFERENCES]
+    own = explained[0] if explained else "scorecam"
+    explainer = open_explainer(model, options, own, strict=False)
+    settings = {m: method_settings(m, options, strict=False) for m in explained}
+    unused = unused_flags(explained, flags_given(options))
+    if unused:
+        raise click.UsageError(f"none of the methods compared takes {', '.join(unused)}")
+    seed = options["seed"] or 0
     evaluations = []
     failures = 0
     show_bar = len(files) > 1
@@ -113,8 +192,9 @@ def evaluate(
         for path in bar:
             try:
                 evaluations += run_evaluation(
-                    explainer, path, methods=chosen, steps=steps, substrate=substrate,
-                    seed=seed, target=targets,
+                    explainer, path, methods=chosen, settings=settings, steps=steps,
+                    substrate=substrate, seed=seed, target=targets, road=road, adcc=adcc,
+                    boxes=None if truth is None else truth[path],
                 )  # fmt: skip
             except ConfigError:
                 raise
@@ -123,14 +203,8 @@ def evaluate(
                 report_error(exc, show_bar)
     if evaluations:
         table = summarize(evaluations)
-        header = f"{'method':<12}{'images':>7}{'avg drop %':>12}{'increase %':>12}"
-        click.echo(header + f"{'deletion':>10}{'insertion':>11}")
-        for method, row in table.items():
-            click.echo(
-                f"{method:<12}{int(row['images']):>7}{row['average_drop']:>12.2f}"
-                f"{row['increase_in_confidence']:>12.2f}{row['deletion_auc']:>10.4f}"
-                f"{row['insertion_auc']:>11.4f}"
-            )
+        for line in format_table(table):
+            click.echo(line)
         document = {
             "model": str(model),
             "node": explainer.node_label,
@@ -147,4 +221,7 @@ def evaluate(
         grid = _map_pictures(folder, evaluations)
         report = write_evaluation_report(folder, document, grid)
         echo(f"\nwrote {out_file} and {report}")
+        if quantus_file is not None:
+            write_atomic(quantus_file, quantus_npz(evaluations))
+            echo(f"wrote {quantus_file}")
     finish(failures, len(files))

@@ -24,6 +24,11 @@ _METRICS = (
     ("increase_in_confidence", "Increase in Confidence %", "higher"),
     ("deletion_auc", "Deletion AUC", "lower"),
     ("insertion_auc", "Insertion AUC", "higher"),
+    ("road_morf", "ROAD MoRF", "lower"),
+    ("road_lerf", "ROAD LeRF", "higher"),
+    ("adcc", "ADCC %", "higher"),
+    ("pointing_game", "Pointing game %", "higher"),
+    ("energy_pointing_game", "Energy in box %", "higher"),
     ("seconds_per_image", "s per image", "lower"),
 )
 
