@@ -6,6 +6,8 @@ Needs ``torch``, ``torchvision`` and ``grad-cam`` besides onnxcam (maintainer to
   onnxcam: the whole image resized to the model size (area averaging when shrinking,
   bilinear when enlarging, as onnxcam does), then onnxcam's own ``to_tensor``;
 - :func:`gradcam_scorecam`: pytorch-grad-cam's ``ScoreCAM`` on that tensor for one class;
+- :func:`reference_map`: the same for pytorch-grad-cam's ``ScoreCAM``, ``AblationCAM`` and
+  ``EigenCAM`` and torchcam's ``CAM`` (upsampled to the input as onnxcam does);
 - :func:`pearson`, :func:`max_abs_diff`: map comparison.
 """
 
@@ -61,6 +63,51 @@ def gradcam_scorecam(
 
     tensor = torch.from_numpy(np.ascontiguousarray(x))
     with ScoreCAM(model=model, target_layers=[layer]) as cam:
+        cam.batch_size = batch_size
+        t0 = time.perf_counter()
+        out = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(int(target))])
+        seconds = time.perf_counter() - t0
+    return np.asarray(out[0], np.float32), seconds
+
+
+#: onnxcam method -> (library, class, onnxcam --compat preset)
+REFERENCES = {
+    "scorecam": ("pytorch-grad-cam", "ScoreCAM", "grad-cam"),
+    "ablation": ("pytorch-grad-cam", "AblationCAM", "grad-cam"),
+    "eigencam": ("pytorch-grad-cam", "EigenCAM", "grad-cam"),
+    "cam": ("torchcam", "CAM", "torchcam"),
+}
+
+
+def reference_map(
+    method: str, model, layer, x: np.ndarray, target: int, *, batch_size: int = 16
+) -> tuple[np.ndarray, float]:
+    """The reference library's map of ``method`` (see :data:`REFERENCES`) for class
+    ``target``, (H, W) float32, and its seconds. torchcam's CAM stays at feature resolution;
+    it is upsampled bilinearly with half-pixel centres, as onnxcam upsamples."""
+    import torch
+
+    if method == "scorecam":
+        return gradcam_scorecam(model, layer, x, target, batch_size=batch_size)
+    tensor = torch.from_numpy(np.ascontiguousarray(x))
+    if method == "cam":
+        from torchcam.methods import CAM
+
+        fc = next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+        t0 = time.perf_counter()
+        with CAM(model, target_layer=layer, fc_layer=fc, input_shape=tuple(x.shape[1:])) as cam:
+            with torch.no_grad():
+                scores = model(tensor)
+            small = cam(class_idx=int(target), scores=scores)[0][0].numpy()
+        seconds = time.perf_counter() - t0
+        size = (x.shape[3], x.shape[2])
+        return cv2.resize(small.astype(np.float32), size, interpolation=cv2.INTER_LINEAR), seconds
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from pytorch_grad_cam import AblationCAM, EigenCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = {"ablation": AblationCAM, "eigencam": EigenCAM}[method]
+    with cls(model=model, target_layers=[layer]) as cam:
         cam.batch_size = batch_size
         t0 = time.perf_counter()
         out = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(int(target))])
