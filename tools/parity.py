@@ -13,11 +13,13 @@ sides) and one or more images, this script:
    normalises it with onnxcam's own ``to_tensor`` (``imagenet`` preset), so both sides get the
    same input tensor;
 3. runs the reference (for Score-CAM: pytorch-grad-cam ``ScoreCAM``) hooked on the last
-   feature block (``model.layer4[-1]`` for ResNets, whose output is the block's final ReLU) for the class ``c`` that PyTorch ranks
-   first, with ``ClassifierOutputTarget(c)`` (raw logit) and its default batch of 16;
+   feature block (``model.layer4[-1]`` for ResNets, whose output is the block's final ReLU)
+   for the class ``c`` that PyTorch ranks first, with ``ClassifierOutputTarget(c)`` (raw
+   logit) and its default batch of 16;
 4. runs onnxcam with the matching ``--compat`` preset on the ONNX file for the same class, on
    the node that ``onnxcam.graph.auto_candidate`` picks (the last Relu before
-   GlobalAveragePool), given the already-resized image so that onnxcam's final resize is the identity;
+   GlobalAveragePool), given the already-resized image so that onnxcam's final resize is the
+   identity;
 5. prints the Pearson correlation of the two maps, their max absolute difference, both wall
    times, and diagnostics (logit and feature-map differences between PyTorch and ONNX Runtime)
    that tell where a disagreement starts.
