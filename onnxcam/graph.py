@@ -1105,11 +1105,20 @@ def split_head(
     reach = set(cuts)
     downstream: set[int] = set()
     for i, node in enumerate(nodes):
+        if any(name in cuts for name in node.output):
+            continue  # a cut is fed to the head, never computed in it (one cut after another)
         if any(name in reach for name in _reads(node)):
             downstream.add(i)
             reach.update(name for name in node.output if name)
-    leads = set().union(*(index.ancestors(name) for name in wanted))
-    taken = downstream & leads
+    # the nodes that lead to an output from the cuts: backwards from the outputs
+    made_by = {name: i for i in downstream for name in nodes[i].output if name}
+    taken: set[int] = set()
+    stack = list(wanted)
+    while stack:
+        j = made_by.get(stack.pop())
+        if j is not None and j not in taken:
+            taken.add(j)
+            stack.extend(_reads(nodes[j]))
     if not any(name in reach for name in wanted):
         shown = ", ".join(f"'{c}'" for c in cuts)
         raise NodeError(f"no output of the model depends on {shown}")

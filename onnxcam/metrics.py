@@ -67,6 +67,9 @@ __all__ = [
 #: ROAD's removal levels: the share of pixels removed.
 ROAD_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ROAD_NOISE = 0.01  # times the input's standard deviation
+#: ROAD's imputation is solved to this relative residual: about 4x faster than 1e-6, and the
+#: imputed pixels differ from that solution by at most about 0.01 on inputs in [0, 1].
+ROAD_TOL = 1e-3
 _NEIGHBOURS = np.array([[1, 2, 1], [2, 0, 2], [1, 2, 1]], np.float64) / 12
 
 Inputs = Callable[[int], Iterator[np.ndarray]]
@@ -254,7 +257,8 @@ def road_curve(
             for i, level in enumerate(levels[begin : begin + chunk], start=begin):
                 removed = rank < math.ceil(level * height * width)
                 rng = np.random.default_rng((seed, i))
-                block.append(impute_linear(x, removed, layout, noise=noise, rng=rng))
+                filled = impute_linear(x, removed, layout, noise=noise, rng=rng, tol=ROAD_TOL)
+                block.append(filled)
             yield np.concatenate(block)
 
     return np.asarray(score(len(levels), inputs), np.float64)

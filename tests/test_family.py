@@ -363,3 +363,12 @@ def test_every_method_explains_detections_and_segments(tmp_path, method, kind):
             assert t.saliency.shape == (DET_SIZE, DET_SIZE) and np.isfinite(t.saliency).all()
         maps.append(np.stack([t.saliency for t in result.targets]))
     np.testing.assert_array_equal(maps[0], maps[1])
+
+
+def test_a_cut_after_another_cut_is_fed_not_recomputed(tiny):
+    from onnxcam import graph
+
+    head = graph.split_head(graph.load_model(tiny), ["conv", "feat"])
+    assert [n.op_type for n in head.model.graph.node] == ["GlobalAveragePool", "Flatten", "Gemm"]
+    assert {i.name for i in head.model.graph.input} >= {"conv", "feat"}
+    onnx.checker.check_model(head.model)
