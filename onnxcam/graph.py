@@ -1086,6 +1086,8 @@ def split_head(
     the image (a skip connection, another scale's map, the image itself) becomes a head
     input that takes its clean value (``Head.clean``). An output that does not depend on the
     cuts is passed through from such an input. Float16 inputs are taken as float32 and cast.
+    A cut computed from another cut (two scales of a detector's neck) is an input too: the
+    nodes between them are not run.
 
     Args:
         model: the model, with its weights (it is read, never changed).

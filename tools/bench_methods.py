@@ -87,8 +87,10 @@ def _head_method():
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # numpy's BLAS on one thread: its spinning threads slow small SVDs down a hundredfold on a
+    # loaded machine; ONNX Runtime gets --threads
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+        os.environ.setdefault(var, "1")
     from onnxcam import Explainer
 
     methods = [m for m in args.methods.split(",") if m]
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.model.name} node {args.node}, {args.image.name}, {args.threads} threads, "
         f"{args.device}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; median of {args.runs} runs after one warm-up"
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; median of {args.runs} runs "
+        "after one warm-up"
     )
     medians: dict[str, float] = {}
     rows = []
