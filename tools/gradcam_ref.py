@@ -55,14 +55,21 @@ def gradcam_scorecam(
     ``layer`` is the hooked module (its output is the feature map). The time covers the
     whole ``cam(...)`` call: activation pass, masked passes and combination.
     """
+    return _gradcam("ScoreCAM", model, layer, x, target, batch_size=batch_size, progress=progress)
+
+
+def _gradcam(
+    name: str, model, layer, x: np.ndarray, target: int, *, batch_size: int, progress: bool
+) -> tuple[np.ndarray, float]:
+    """pytorch-grad-cam's method ``name`` (``ScoreCAM``, ``AblationCAM``, ``EigenCAM``)."""
     if not progress:
         os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is first imported
+    import pytorch_grad_cam
     import torch
-    from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     tensor = torch.from_numpy(np.ascontiguousarray(x))
-    with ScoreCAM(model=model, target_layers=[layer]) as cam:
+    with getattr(pytorch_grad_cam, name)(model=model, target_layers=[layer]) as cam:
         cam.batch_size = batch_size
         t0 = time.perf_counter()
         out = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(int(target))])
@@ -87,10 +94,8 @@ def reference_map(
     it is upsampled bilinearly with half-pixel centres, as onnxcam upsamples."""
     import torch
 
-    if method == "scorecam":
-        return gradcam_scorecam(model, layer, x, target, batch_size=batch_size)
-    tensor = torch.from_numpy(np.ascontiguousarray(x))
     if method == "cam":
+        tensor = torch.from_numpy(np.ascontiguousarray(x))
         from torchcam.methods import CAM
 
         fc = next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
@@ -102,17 +107,8 @@ def reference_map(
         seconds = time.perf_counter() - t0
         size = (x.shape[3], x.shape[2])
         return cv2.resize(small.astype(np.float32), size, interpolation=cv2.INTER_LINEAR), seconds
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from pytorch_grad_cam import AblationCAM, EigenCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    cls = {"ablation": AblationCAM, "eigencam": EigenCAM}[method]
-    with cls(model=model, target_layers=[layer]) as cam:
-        cam.batch_size = batch_size
-        t0 = time.perf_counter()
-        out = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(int(target))])
-        seconds = time.perf_counter() - t0
-    return np.asarray(out[0], np.float32), seconds
+    name = REFERENCES[method][1]
+    return _gradcam(name, model, layer, x, target, batch_size=batch_size, progress=False)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from ..preprocess import InputSpec, Normalization
 
 __all__ = [
     "GRAD_CAM_MAP",
+    "AllTargets",
     "Clean",
     "MapOptions",
     "Method",
@@ -260,6 +261,21 @@ class Method(ABC):
         named = {"compat": self.compat()} if len(self.presets) > 1 else {}
         extra = {"baseline": self.baseline} if self.takes_baseline else {}
         return {**named, **asdict(self.settings), **extra}
+
+
+class AllTargets(Method):
+    """A method that makes every target's map at once from the same masks (added up once for
+    all targets): subclasses implement :meth:`combine_many`."""
+
+    def combine(
+        self, clean: Clean, plan: Plan, scores: np.ndarray, clean_score: float
+    ) -> TargetMap:
+        return self.combine_many(clean, plan, scores[:, None], [clean_score])[0]
+
+    @abstractmethod
+    def combine_many(
+        self, clean: Clean, plan: Plan, scores: np.ndarray, clean_scores: list[float]
+    ) -> list[TargetMap]: ...
 
 
 def sum_masks(masks: Iterator[np.ndarray], weights: np.ndarray) -> np.ndarray:

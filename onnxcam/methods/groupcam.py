@@ -27,7 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import ops
-from .base import Clean, Method, Options, Plan, TargetMap, knob, sum_masks
+from .base import AllTargets, Clean, Options, Plan, TargetMap, knob, sum_masks
 
 __all__ = ["GroupCam", "GroupCamOptions", "group_maps"]
 
@@ -55,7 +55,7 @@ def group_maps(acts: np.ndarray, groups: int, percentile: float) -> np.ndarray:
     return np.stack(maps)
 
 
-class GroupCam(Method):
+class GroupCam(AllTargets):
     """Group-CAM with gradient-free groups (see the module docstring)."""
 
     name = "groupcam"
@@ -83,11 +83,6 @@ class GroupCam(Method):
             "masked_passes": len(active) + 1,
         }
         return Plan(len(active) + 1, inputs, stats, active)
-
-    def combine(
-        self, clean: Clean, plan: Plan, scores: np.ndarray, clean_score: float
-    ) -> TargetMap:
-        return self.combine_many(clean, plan, scores[:, None], [clean_score])[0]
 
     def combine_many(
         self, clean: Clean, plan: Plan, scores: np.ndarray, clean_scores: list[float]

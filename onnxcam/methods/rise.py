@@ -33,7 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from .. import ops
-from .base import Clean, Method, Options, Plan, TargetMap, knob, sum_masks
+from .base import AllTargets, Clean, Options, Plan, TargetMap, knob, sum_masks
 
 __all__ = ["Rise", "RiseOptions", "rise_masks"]
 
@@ -70,7 +70,7 @@ def _seeds(seed: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence(seed).spawn(2)
 
 
-class Rise(Method):
+class Rise(AllTargets):
     """RISE, or D-RISE for detection targets (see the module docstring)."""
 
     name = "rise"
@@ -86,11 +86,6 @@ class Rise(Method):
 
         stats = {"masked_passes": self.settings.samples}
         return Plan(self.settings.samples, inputs, stats)
-
-    def combine(
-        self, clean: Clean, plan: Plan, scores: np.ndarray, clean_score: float
-    ) -> TargetMap:
-        return self.combine_many(clean, plan, scores[:, None], [clean_score])[0]
 
     def combine_many(
         self, clean: Clean, plan: Plan, scores: np.ndarray, clean_scores: list[float]
