@@ -73,6 +73,7 @@ class ExplainerConfig:
     budget_s: float | None = None
     time_limit_s: float | None = None
     resize: str | None = None
+    split_head: bool = False  # split off the head even when the method does not need it
 
 
 def model_sha256(model: str | bytes) -> str:

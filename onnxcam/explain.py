@@ -130,6 +130,10 @@ class Explainer:
         method: the saliency method: a name in :data:`onnxcam.METHODS` (``scorecam``, the
             default; ``sscam``, ``iscam``, ``groupcam``, ``ablation``, ``recipro``, ``cam``,
             ``eigencam``, ``rise``, ``activation``).
+        split_head: split off the model's head after the node even when ``method`` does not
+            run on it (``ablation``, ``recipro`` and ``cam`` do), so that
+            :meth:`method_maps` and :func:`onnxcam.evaluate.evaluate` can run those methods
+            too; it costs a copy of the head's weights.
         providers: execution providers exactly as ONNX Runtime takes them (names or
             ``(name, options)`` pairs), instead of ``device``; the first must serve.
         session_options: an ``onnxruntime.SessionOptions`` or a mapping of its properties
@@ -173,6 +177,7 @@ class Explainer:
         budget_s: float | None = None,
         time_limit_s: float | None = None,
         resize: str | None = None,
+        split_head: bool = False,
     ) -> None:
         if compat is not None:
             if options is not None:
@@ -209,6 +214,7 @@ class Explainer:
             budget_s=budget_s,
             time_limit_s=time_limit_s,
             resize=resize,
+            split_head=split_head,
         )
         self._build(config)
 

@@ -12,6 +12,7 @@ from . import graph, modelinfo
 from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
 from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
+from .methods import METHODS
 from .preprocess import InputSpec, Normalization
 from .runner import Stage
 from .runtime import Session, installed_runtimes
@@ -111,9 +112,10 @@ def prepare(config: ExplainerConfig) -> Prepared:
     # The weights are held once: the loaded proto is ours, so it is rewritten in place, then
     # serialized, and dropped before ONNX Runtime makes its own copy (the head copies its own).
     cuts = [cand.tensor for cand in candidates]
+    split = config.split_head or METHODS[config.method].space in ("head", "linear")
     if config.fp16:
         exposed = graph.to_float16(model)
-        head, head_note = _split(exposed, cuts, graph.GraphIndex(exposed), index.outputs)
+        head, head_note = _split(exposed, cuts, graph.GraphIndex(exposed), index.outputs, split)
         exposed_as: dict[str, str] = {}
         for name in [*cuts, *(head.clean if head else ())]:
             exposed, exposed_as[name] = graph.expose_float32(exposed, name)
@@ -121,7 +123,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
         clean_outputs = [(name, exposed_as[name]) for name in (head.clean if head else ())]
     else:
         exposed = model
-        head, head_note = _split(exposed, cuts, index, index.outputs)
+        head, head_note = _split(exposed, cuts, index, index.outputs, split)
         for name in [*cuts, *(head.clean if head else ())]:
             exposed = graph.expose(exposed, name, index, copy=False)
         feature_outputs = cuts
@@ -144,9 +146,16 @@ def prepare(config: ExplainerConfig) -> Prepared:
 
 
 def _split(
-    model: onnx.ModelProto, cuts: list[str], index: graph.GraphIndex, outputs: list[str]
+    model: onnx.ModelProto,
+    cuts: list[str],
+    index: graph.GraphIndex,
+    outputs: list[str],
+    wanted: bool,
 ) -> tuple[graph.Head | None, str | None]:
-    """The head after ``cuts``, or None and why not (the methods that need it say so)."""
+    """The head after ``cuts`` when ``wanted``, or None and why not (the methods that need it
+    say so)."""
+    if not wanted:
+        return None, "it is split off only for a method that runs on it, or with split_head=True"
     try:
         return graph.split_head(model, cuts, index, outputs=outputs), None
     except NodeError as exc:

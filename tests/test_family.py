@@ -372,3 +372,16 @@ def test_a_cut_after_another_cut_is_fed_not_recomputed(tiny):
     assert [n.op_type for n in head.model.graph.node] == ["GlobalAveragePool", "Flatten", "Gemm"]
     assert {i.name for i in head.model.graph.input} >= {"conv", "feat"}
     onnx.checker.check_model(head.model)
+
+
+def test_the_head_is_split_off_only_when_a_method_needs_it(tiny, image):
+    from onnxcam.evaluate import evaluate
+
+    plain = Explainer(tiny, preset="unit")
+    assert plain.prepared.head is None
+    with pytest.raises(ConfigError, match="split_head=True"):
+        evaluate(plain, image, methods=["ablation"], steps=2, road=False)
+    both = Explainer(tiny, preset="unit", split_head=True)
+    (ablated,) = evaluate(both, image, methods=["ablation"], steps=2, road=False)
+    alone, _ = explained(tiny, image, "ablation")
+    np.testing.assert_allclose(ablated.saliency, alone, atol=1e-6)

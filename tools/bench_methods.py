@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         explainer = Explainer(
             args.model, node=args.node, method=method, threads=args.threads,
-            device=args.device, batch_size=args.batch_size,
+            device=args.device, batch_size=args.batch_size, split_head=True,
         )  # fmt: skip
         result = explainer.explain(args.image)
         medians[method] = _median_time(lambda e=explainer: e.explain(args.image), args.runs)

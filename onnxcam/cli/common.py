@@ -226,10 +226,16 @@ def method_settings(method: str, options: dict[str, Any], *, strict: bool = True
 
 
 def open_explainer(
-    model: Path, options: dict[str, Any], method: str = "scorecam", *, strict: bool = True
+    model: Path,
+    options: dict[str, Any],
+    method: str = "scorecam",
+    *,
+    strict: bool = True,
+    split_head: bool = False,
 ) -> Explainer:
     """Build the Explainer from the shared options (targets are per call, not per model);
-    ``strict``: refuse a method flag that ``method`` does not take."""
+    ``strict``: refuse a method flag that ``method`` does not take; ``split_head``: split off
+    the model's head for other methods that run on it."""
     settings = method_settings(method, options, strict=strict)
     baseline = options["baseline"]
     if not strict and not METHODS[method].takes_baseline:
@@ -257,6 +263,7 @@ def open_explainer(
         fp16=options["fp16"],
         labels=options["labels_file"],
         max_pixels=options["max_pixels"],
+        split_head=split_head,
     )
     for note in explainer.notes:
         echo(f"note: {note}", err=True)

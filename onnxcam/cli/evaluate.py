@@ -15,6 +15,7 @@ from ..config import unused_flags
 from ..errors import ConfigError, OnnxCamError
 from ..evaluate import METHODS, REFERENCES, SUBSTRATES, Evaluation, format_table, summarize
 from ..evaluate import evaluate as run_evaluation
+from ..methods import METHODS as METHOD_CLASSES
 from ..outdir import relative_stems
 from ..quantus import quantus_npz
 from ..render import ensure_dir, write_atomic
@@ -179,7 +180,8 @@ def evaluate(
     truth = None if boxes_file is None else _image_boxes(_boxes(boxes_file), files)
     explained = [m for m in chosen if m not in REFERENCES]
     own = explained[0] if explained else "scorecam"
-    explainer = open_explainer(model, options, own, strict=False)
+    head = any(METHOD_CLASSES[m].space in ("head", "linear") for m in explained)
+    explainer = open_explainer(model, options, own, strict=False, split_head=head)
     settings = {m: method_settings(m, options, strict=False) for m in explained}
     unused = unused_flags(explained, flags_given(options))
     if unused:
