@@ -472,8 +472,10 @@ class Explainer:
                 ``"embedding:ref=b.jpg"``, a callable ``outputs -> (B,)``, or a list of these.
             score_kind: what class targets with ``prob=auto`` score (``"probability"`` or
                 ``"logit"``); default: what the method scores.
+            method: the method the targets are for (default: the explainer's): what it
+                scores and how it scores detections.
         """
-        return self._bind(fwd, resolve_targets(target), score_kind)
+        return self._bind(fwd, resolve_targets(target), score_kind, method)
 
     def _bind(
         self,
