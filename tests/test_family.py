@@ -385,3 +385,16 @@ def test_the_head_is_split_off_only_when_a_method_needs_it(tiny, image):
     (ablated,) = evaluate(both, image, methods=["ablation"], steps=2, road=False)
     alone, _ = explained(tiny, image, "ablation")
     np.testing.assert_allclose(ablated.saliency, alone, atol=1e-6)
+
+
+def test_several_nodes_make_one_map_each_fused_as_equals(tiny, image):
+    both, _ = explained(tiny, image, "eigencam", node="features/conv,features/relu")
+    conv, _ = explained(tiny, image, "eigencam", node="features/conv")
+    relu, _ = explained(tiny, image, "eigencam", node="features/relu")
+    fused = (conv.astype(np.float64) + relu) / 2
+    np.testing.assert_allclose(both, fused / fused.max(), atol=1e-5)
+    # ablating the upstream node changes nothing once the downstream one is fed its clean
+    # value: its map is zero, and the fused map is the downstream node's own
+    both, _ = explained(tiny, image, "ablation", node="features/conv,features/relu")
+    relu, _ = explained(tiny, image, "ablation", node="features/relu")
+    np.testing.assert_allclose(both, relu, atol=1e-6)

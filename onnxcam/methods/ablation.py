@@ -18,6 +18,9 @@ The ``grad-cam`` preset reproduces pytorch-grad-cam's ``AblationCAM``: ``(y - y_
 written; an ablated channel becomes 0 when the node's minimum is 0, and otherwise that minimum
 minus 10⁷ (pytorch-grad-cam lowers it again for every channel of a batch; onnxcam uses one
 value); and its maps (``ReLU``, min-max at feature resolution, resize, min-max).
+
+With several nodes each node's channels make a map of their own, and the maps are fused as
+equals (:func:`onnxcam.methods.base.fuse_nodes`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import GRAD_CAM_MAP, Clean, MapOptions, Method, Plan, TargetMap, knob
+from .base import GRAD_CAM_MAP, Clean, MapOptions, Method, Plan, TargetMap, fuse_nodes, knob
 
 __all__ = ["Ablation", "AblationOptions", "ablation_value"]
 
@@ -120,5 +123,12 @@ class Ablation(Method):
             weights[channels] = drop / clean_score
         else:
             weights[channels] = drop / (abs(clean_score) or 1.0)
-        summed = np.tensordot(weights, clean.acts.astype(np.float64), axes=1)
-        return TargetMap(self.settings.to_map(summed, clean.size))
+        acts = clean.acts.astype(np.float64)
+        return TargetMap(
+            fuse_nodes(
+                clean,
+                lambda ch: self.settings.to_map(
+                    np.tensordot(weights[ch], acts[ch], axes=1), clean.size
+                ),
+            )
+        )

@@ -10,7 +10,8 @@ No passes: the map is read from the activations alone, so it is the same for eve
 (class-agnostic; the record says so). The sign of a singular vector is arbitrary; onnxcam turns
 the projection so that it correlates positively with the mean activation. The ``grad-cam``
 preset reproduces pytorch-grad-cam's ``EigenCAM``: the sign as LAPACK returns it, and its maps
-(``ReLU``, min-max at feature resolution, resize, min-max).
+(``ReLU``, min-max at feature resolution, resize, min-max). With several nodes, each node's
+first component makes a map and the maps are fused as equals (``fuse_nodes``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import GRAD_CAM_MAP, Clean, MapOptions, Method, Plan, TargetMap, knob
+from .base import GRAD_CAM_MAP, Clean, MapOptions, Method, Plan, TargetMap, fuse_nodes, knob
 
 __all__ = ["EigenCam", "EigenCamOptions", "principal_projection"]
 
@@ -63,8 +64,11 @@ class EigenCam(Method):
     settings: EigenCamOptions
 
     def plan(self, clean: Clean) -> Plan:
-        projection = principal_projection(clean.acts, sign=self.settings.sign)
-        cam = self.settings.to_map(projection, clean.size)
+        def one(channels: slice) -> np.ndarray:
+            projection = principal_projection(clean.acts[channels], sign=self.settings.sign)
+            return self.settings.to_map(projection, clean.size)
+
+        cam = fuse_nodes(clean, one)
         stats = {"channels_total": int(clean.acts.shape[0]), "masked_passes": 0}
         return Plan(0, stats=stats, state=cam)
 
