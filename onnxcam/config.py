@@ -238,21 +238,28 @@ def _flagged(cls: type) -> list[tuple[Any, type]]:
 
 
 def method_flags() -> list[Flag]:
-    """Every flag of every method's settings, in the order the methods are registered."""
+    """Every flag of every method's settings, in the order the methods are registered (methods
+    whose field means the same, with the same default, share one line of help)."""
     seen: dict[str, dict[str, Any]] = {}
     for name, cls in METHODS.items():
         default = cls.presets["official"]
         for f, kind in _flagged(cls.options_type):
             entry = seen.setdefault(
                 f.metadata["flag"],
-                {"type": kind, "choices": f.metadata.get("choices"), "help": [], "methods": []},
+                {"type": kind, "choices": f.metadata.get("choices"), "help": {}, "methods": []},
             )
             value = getattr(default, f.name)
-            shown = "all" if value is None else value
-            entry["help"].append(f"{name}: {f.metadata['help']} ({shown})")
+            text = f"{f.metadata['help']} ({'all' if value is None else value})"
+            entry["help"].setdefault(text, []).append(name)
             entry["methods"].append(name)
     return [
-        Flag(flag, e["type"], e["choices"], "; ".join(e["help"]) + ".", tuple(e["methods"]))
+        Flag(
+            flag,
+            e["type"],
+            e["choices"],
+            "; ".join(f"{', '.join(names)}: {text}" for text, names in e["help"].items()) + ".",
+            tuple(e["methods"]),
+        )
         for flag, e in seen.items()
     ]
 

@@ -80,7 +80,7 @@ class ScoreCamOptions(Options):
         None,
         flag="--channels",
         minimum=1,
-        help="fast mode: score only the top N channels (default: all, exact)",
+        help="fast mode: score only the top N channels",
     )
     rank: str = knob(
         "std",
