@@ -160,7 +160,7 @@ def _split(
         return graph.split_head(model, cuts, index, outputs=outputs), None
     except NodeError as exc:
         return None, str(exc)
-    except Exception as exc:  # an unusual graph must not stop the methods that need no head
+    except (KeyError, IndexError, ValueError) as exc:  # a graph the index reads unusually
         return None, f"the graph could not be split ({type(exc).__name__}: {exc})"
 
 
