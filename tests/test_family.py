@@ -4,15 +4,19 @@ methods, their seeded draws plus the statistical property that matters)."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from conftest import SIZE, K, TinyWeights, build_tiny
 from onnx import helper, numpy_helper
 from tiny_heads import DET_SIZE, build_detector, build_segmenter, scene
 
 from onnxcam import ConfigError, Explainer
+from onnxcam.cli import cli
 from onnxcam.methods import Clean, create
 from onnxcam.methods.ablation import AblationOptions
 from onnxcam.methods.groupcam import GroupCamOptions
@@ -398,3 +402,22 @@ def test_several_nodes_make_one_map_each_fused_as_equals(tiny, image):
     both, _ = explained(tiny, image, "ablation", node="features/conv,features/relu")
     relu, _ = explained(tiny, image, "ablation", node="features/relu")
     np.testing.assert_allclose(both, relu, atol=1e-6)
+
+
+def test_cli_explain_takes_a_method_its_flags_and_records_them(tiny, image, tmp_path):
+    path = tmp_path / "img.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    out = tmp_path / "out"
+    args = ["explain", str(tiny), str(path), "--preset", "unit", "-o", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--method", "rise", "--samples", "16", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "img.json").read_text())
+    assert record["method"] == "rise" and record["options"]["samples"] == 16
+    assert record["options"]["seed"] == 3 and record["masked_passes"] == 16
+    again = CliRunner().invoke(cli, [*args, "--overwrite", "--method", "ablation"])
+    assert again.exit_code == 0, again.output
+    record = json.loads((out / "img.json").read_text())
+    assert record["method"] == "ablation" and record["head_passes"] == K - 1  # one dead
+    bad = CliRunner().invoke(cli, [*args, "--overwrite", "--method", "cam", "--samples", "4"])
+    assert bad.exit_code == 1 and "method 'cam' takes no --samples; methods that do" in bad.output
+    assert "Traceback" not in bad.output
