@@ -185,15 +185,15 @@ def _write_sheet(
         picture = cv2.imread(str(out_dir / _thumb(present, record)), cv2.IMREAD_COLOR)
         if picture is None:
             continue
-        thumbs.append(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+        thumbs.append(picture)  # BGR in, BGR out: the sheet's colours are grey
         first = (record.get("targets") or [{}])[0]
         label = first.get("label") or first.get("class_index") or first.get("kind", "")
         captions.append(
             f"{Path(str(record.get('source'))).name} {label} {_score(first.get('score'))}"
         )
     if thumbs:
-        sheet = cv2.cvtColor(contact_sheet(thumbs, captions), cv2.COLOR_RGB2BGR)
-        ok, buf = cv2.imencode(".png", sheet)  # the default settings are the fastest
+        # PNG's default settings are the fastest
+        ok, buf = cv2.imencode(".png", contact_sheet(thumbs, captions))
         if ok:
             write_atomic(out_dir / name, buf.tobytes())
 

@@ -56,7 +56,8 @@ def ascii_caption(text: str, limit: int = 28) -> str:
 def contact_sheet(
     thumbs: Sequence[np.ndarray], captions: Sequence[str], *, columns: int = 8
 ) -> np.ndarray:
-    """A grid of thumbnails with a caption under each, on white (RGB uint8)."""
+    """A grid of thumbnails with a caption under each, on white, uint8 in the thumbnails'
+    channel order (RGB or BGR: the background and the captions are grey)."""
     cell_w, cell_h, text_h = THUMB_SIDE + 8, THUMB_SIDE + 8, 20
     rows = max(1, -(-len(thumbs) // columns))
     cols = min(columns, max(1, len(thumbs)))
