@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -213,3 +214,15 @@ def test_budget_reaches_the_record(tmp_path, weights, image):
     info = explainer.explain(image).targets[0].info
     assert info["masks_run"] == info["masks_planned"] == 3 and info["fidelity_estimate"] == 1.0
     assert explainer.explain(image).options["budget_s"] == 30
+
+
+def test_anytime_scorecam_lets_several_nodes_take_turns():
+    clean, _ = budget_clean()
+    clean = replace(clean, groups=(10, 30))  # channels 0-9 from one node, 10-39 another
+    order = ScoreCam(budget_s=1.0).plan(clean).state.reps
+    nodes = [int(c >= 10) for c in order]
+    assert nodes[:20] == [0, 1] * 10 and nodes[20:] == [1] * 20
+    spread = clean.acts.reshape(40, -1).std(axis=1)
+    for node in (0, 1):
+        mine = [c for c in order if int(c >= 10) == node]
+        assert list(spread[mine]) == sorted(spread[mine], reverse=True)

@@ -192,6 +192,21 @@ def top_channels_per_node(
     return keep
 
 
+def best_first(spread: np.ndarray, channels: np.ndarray, groups: tuple[int, ...]) -> np.ndarray:
+    """The order an anytime run takes its masks in: largest ``spread`` first; with several
+    nodes (``groups``: each node's channel count) the nodes take turns, each in its own
+    best-first order, so a budget that stops early leaves every node's map as well estimated
+    as the others'. ``channels`` are the masks' channel indices."""
+    order = np.argsort(-spread, kind="stable")
+    if len(groups) < 2:
+        return order
+    node = np.searchsorted(np.cumsum(groups), channels[order], side="right")
+    turn = np.zeros(len(order), np.int64)
+    for n in np.unique(node):
+        turn[node == n] = np.arange(int((node == n).sum()))
+    return order[np.lexsort((node, turn))]
+
+
 def iter_masks(
     acts: np.ndarray,
     channels: np.ndarray,
@@ -304,7 +319,8 @@ class ScoreCam(Method):
         baseline: ``none`` (f(X_b) = 0, as in the authors' code), ``zero`` (zeros in input
             space), ``black`` (a preprocessed black image) or ``blur`` (the blurred input).
         budget_s: anytime Score-CAM: masks run best first (largest spatial std first, as
-            the fast modes rank them) until this many seconds are spent; the map is the
+            the fast modes rank them; several nodes take turns, :func:`best_first`) until
+            this many seconds are spent; the map is the
             weighted sum of the channels that ran, and :func:`fidelity` estimates how close
             it is to the exact one.
 
@@ -373,7 +389,7 @@ class ScoreCam(Method):
         groups = np.unique(owner[run])
         if self.budget_s is not None:  # best first: the order the fast modes rank by
             spread = acts[reps[groups]].reshape(len(groups), -1).std(axis=1)
-            groups = groups[np.argsort(-spread, kind="stable")]
+            groups = groups[best_first(spread, reps[groups], clean.groups)]
         remap = np.full(len(reps) + 1, -1, np.int64)  # the last entry maps owner -1 to -1
         remap[groups] = np.arange(len(groups))
         owner = np.where(run, remap[owner], -1)
