@@ -42,7 +42,6 @@ and run, from the repository root::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -51,7 +50,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -68,18 +66,11 @@ OPSET = 17
 SIZE = 96
 
 
-def _load_synthetic() -> ModuleType:
-    """Imports ``tools/synthetic.py`` by path (it needs only numpy and OpenCV)."""
-    path = _REPO / "tools" / "synthetic.py"
-    spec = importlib.util.spec_from_file_location("onnxcam_synthetic", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+if str(_REPO) not in sys.path:  # the repository's tools/, from any working directory
+    sys.path.insert(0, str(_REPO))
 
+from tools import synthetic  # noqa: E402  (numpy and OpenCV only)
 
-synthetic = _load_synthetic()
 CLASSES: tuple[str, ...] = synthetic.CLASSES
 
 

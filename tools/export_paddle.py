@@ -55,14 +55,12 @@ weights; the second reuses them)::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
@@ -74,18 +72,11 @@ from paddle import nn
 _REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_synthetic() -> ModuleType:
-    """Imports ``tools/synthetic.py`` by path (it needs only numpy and OpenCV)."""
-    path = _REPO / "tools" / "synthetic.py"
-    spec = importlib.util.spec_from_file_location("onnxcam_synthetic", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+if str(_REPO) not in sys.path:  # the repository's tools/, from any working directory
+    sys.path.insert(0, str(_REPO))
 
+from tools import synthetic  # noqa: E402  (numpy and OpenCV only)
 
-synthetic = _load_synthetic()
 CLASSES: tuple[str, ...] = synthetic.CLASSES
 
 P2O_VERSION = tuple(int(p) for p in paddle2onnx.__version__.split(".")[:2])
