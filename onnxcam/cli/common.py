@@ -194,11 +194,18 @@ _EXPLAINER_OPTIONS = [
 ]  # fmt: skip
 
 
-def explainer_options(command: Any) -> Any:
-    """Decorate a command with the shared Explainer options."""
-    for option in reversed(_EXPLAINER_OPTIONS):
-        command = option(command)
-    return command
+def option_group(options: list[Any]) -> Any:
+    """One decorator that adds ``options`` to a command, in their listed order."""
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+explainer_options = option_group(_EXPLAINER_OPTIONS)  # the shared Explainer options
 
 
 def target_specs(options: dict[str, Any]) -> list[TargetSpec] | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .common import IMAGE_SUFFIXES, collect_images, echo, finish, safe, target_specs
+from .common import IMAGE_SUFFIXES, collect_images, echo, finish, option_group, safe, target_specs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,11 +61,7 @@ _ENGINE_OPTIONS = [
 ]  # fmt: skip
 
 
-def engine_options(command: Any) -> Any:
-    """Decorate ``explain`` with ``--engine`` and the Ray options."""
-    for option in reversed(_ENGINE_OPTIONS):
-        command = option(command)
-    return command
+engine_options = option_group(_ENGINE_OPTIONS)  # ``--engine`` and the Ray options
 
 
 def refuse_ray_options(options: dict[str, Any]) -> None:
