@@ -41,6 +41,18 @@ class TinyWeights:
         return pooled @ self.fc_w.T + self.fc_b
 
 
+def save_graph(path: Path, graph: onnx.GraphProto, metadata: dict[str, str] | None = None) -> Path:
+    """Save ``graph`` as a checked opset-17 model (IR 8, which every supported onnxruntime
+    reads) with ``metadata`` in its ``metadata_props``."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def tiny_weights(seed: int = 0, classes: int = 3) -> TinyWeights:
     rng = np.random.default_rng(seed)
     conv_w = rng.normal(0, 0.5, (K, 3, 3, 3)).astype(np.float32)
@@ -125,13 +137,7 @@ def build_tiny(
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, classes])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key, value in (metadata or {}).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(path, graph, metadata)
 
 
 @pytest.fixture
@@ -213,11 +219,7 @@ def build_heads(
         outputs,
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(path, graph)
 
 
 def unit_input(image: np.ndarray) -> np.ndarray:

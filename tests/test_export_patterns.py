@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import SIZE, build_tiny
+from conftest import SIZE, build_tiny, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import ConfigError, Explainer, ModelError, NodeError, graph
@@ -39,13 +38,7 @@ def save(
     graph_ = helper.make_graph(
         nodes, "pattern", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
     )
-    model = helper.make_model(graph_, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key, value in (metadata or {}).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(path, graph_, metadata)
 
 
 def conv_head(src: str = "input", channels: int = 3, k: int = 6) -> tuple[list, dict]:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import ROOT, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import Explainer
@@ -50,10 +49,7 @@ def two_node_model(path: Path, scale_b: float) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_graph(path, graph)
 
 
 @pytest.fixture

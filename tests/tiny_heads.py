@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
+from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 DET_SIZE = 32
@@ -76,13 +76,7 @@ def _save(path: Path, nodes, outputs, inits, metadata, size=(DET_SIZE, DET_SIZE)
         outputs,
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key, value in (metadata or {}).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(path, graph, metadata)
 
 
 def _feature_nodes() -> tuple[list, list]:  # type: ignore[type-arg]
