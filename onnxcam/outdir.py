@@ -15,7 +15,15 @@
 - **Resume.** ``results.jsonl`` gets one line per image as soon as its files are written
   (``{"status": "ok", ...record}`` or ``{"status": "error", ...}``), in one ``write`` and
   flushed; a rerun with the same fingerprint skips the images whose line is ``ok`` and whose
-  files are all there, and appends the rest to the same file. Lines cut by a kill are ignored.
+  files are all there, and appends the rest to the same file. Lines cut by a kill are ignored;
+  lines that do not validate (:mod:`onnxcam.records`) are skipped and counted. Before an
+  image's files are written, its names are noted in ``.onnxcam-pending.jsonl``: files of an
+  image killed before its results line are then known as this folder's own (redone under the
+  same names, never taken as inputs). The note goes when every claim has its line.
+- **Contained.** Every file is written, replaced and deleted through
+  :class:`onnxcam.confined.Confined`: nothing outside the folder, nothing through a link.
+  ``--overwrite`` deletes only files that the records name inside the folder, with an output's
+  ending; the stale-file cleanup only onnxcam's own temporary files.
 """
 
 from __future__ import annotations
@@ -23,12 +31,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path, PurePath
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
+from .confined import Confined, confined_name, is_part_name
 from .errors import OutputError
-from .render import ensure_dir
+from .records import MAX_RECORD_BYTES, RecordCounts, files_of, iter_records, to_json
 from .render.report import THUMBS, report_names
 
 __all__ = [
@@ -47,6 +57,10 @@ __all__ = [
 MANIFEST = "run.json"
 RESULTS = "results.jsonl"
 LOCK_NAME = ".onnxcam.lock"
+#: Each image's names, noted when claimed and before its files are written (see ``claim``).
+PENDING = ".onnxcam-pending.jsonl"
+CLAIMED = "claimed"
+NAME_MAX = 255  # bytes in one file name, on every common file system
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -88,18 +102,14 @@ def unique_stems(natural: Sequence[str], *, avoid: Iterable[str] = ()) -> list[s
     return stems
 
 
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    lines = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a killed run
-        if isinstance(value, dict):
-            lines.append(value)
-    return lines
+def _records(out: Confined, counts: RecordCounts | None = None) -> Iterator[dict[str, Any]]:
+    """The valid records of ``out``'s ``results.jsonl``, streamed (none when it is missing, a
+    link or not a regular file)."""
+    handle = out.open_read(RESULTS)
+    if handle is None:
+        return
+    with handle:
+        yield from iter_records(handle, counts)
 
 
 def is_output_folder(folder: Path) -> bool:
@@ -107,25 +117,49 @@ def is_output_folder(folder: Path) -> bool:
     return (folder / MANIFEST).is_file() and (folder / RESULTS).is_file()
 
 
+#: Endings of the files an image's record names (a cleanup or ``--overwrite`` deletes only
+#: files that end so, whatever a record says).
+OUTPUT_SUFFIXES = (".json", ".png", ".npy", ".jpg")
+
+
 def recorded_files(folder: Path) -> set[Path]:
-    """The files that earlier runs wrote into ``folder``: those its ``results.jsonl`` names,
-    and the report's own (``contact_sheet.png``, everything under ``thumbs/``)."""
-    written = {
-        (folder / name).resolve()
-        for record in _read_results(folder / RESULTS)
-        for name in _files_of(record)
-    }
-    written |= {(folder / name).resolve() for name in report_names(folder)}
-    if (folder / THUMBS).is_dir():
-        written |= {p.resolve() for p in (folder / THUMBS).rglob("*") if p.is_file()}
+    """The files that earlier runs wrote, or were about to write, into ``folder``: those its
+    ``results.jsonl`` and pending claims name, and the report's own (``contact_sheet.png``,
+    everything under ``thumbs/``), as resolved paths inside ``folder``."""
+    out = Confined.existing(folder)
+    if out is None:
+        return set()
+    names = {name for record in _records(out) for name in files_of(record)}
+    names |= _pending_names(out)
+    names |= set(report_names(folder))
+    written = {out.root / name for name in names if confined_name(name) is not None}
+    written |= {out.root / name for name in out.files(THUMBS)}
     return written
 
 
-def _files_of(record: Mapping[str, Any]) -> list[str]:
-    names = list((record.get("files") or {}).values())
-    for target in record.get("targets") or []:
-        names += list((target.get("files") or {}).values())
-    return [n for n in dict.fromkeys(names) if isinstance(n, str)]
+def _pending_names(out: Confined) -> set[str]:
+    """Names claimed by runs that may have been killed before their results line."""
+    handle = out.open_read(PENDING)
+    if handle is None:
+        return set()
+    names: set[str] = set()
+    with handle:
+        for record in iter_records(handle, statuses=(CLAIMED,)):
+            names.update(files_of(record))
+    return names
+
+
+def _fits(stem: str, names: Callable[[str], Iterable[str]]) -> str:
+    """``stem``, shortened (a hash of the whole keeps it unique) when one of its files' names
+    would be longer than a file system allows."""
+    longest = max((len(PurePosixPath(n).name.encode()) for n in names(stem)), default=0)
+    if longest <= NAME_MAX:
+        return stem
+    head, _, last = stem.rpartition("/")
+    digest = hashlib.sha256(stem.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    room = len(last.encode()) - (longest - NAME_MAX) - len(digest) - 1 - 8  # 8: "_NNN" bumps
+    short = last.encode()[: max(room, 1)].decode("utf-8", errors="ignore")
+    return f"{head}/{short}-{digest}" if head else f"{short}-{digest}"
 
 
 class OutputFolder:
@@ -151,64 +185,94 @@ class OutputFolder:
         self.fingerprint = fingerprint(settings)
         self.inputs = [Path(p) for p in inputs]
         self.overwrite = overwrite
-        self.finished: dict[str, dict[str, Any]] = {}
+        #: finished images' files, by source (the records are read again on demand:
+        #: :meth:`finished_records`)
+        self.finished: dict[str, tuple[str, ...]] = {}
+        self.skipped = RecordCounts()
         self._protected: set[Path] = set()
         self._written: set[Path] = set()
         self._lock: int | None = None
         self._results: Any = None
+        self._pending: Any = None
         self._kept = False
+        self._claimed: set[str] = set()
+        self._recorded: set[str] = set()
+        self.out = Confined(path)
 
     def __enter__(self) -> OutputFolder:
-        ensure_dir(self.path)
+        if not os.access(self.out.root, os.W_OK | os.X_OK):
+            raise OutputError(f"output folder {self.path} is not writable")
         self._acquire()
         try:
             self._open()
         except BaseException:
+            self._close()
             self._release()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._results is not None:
-            self._results.close()
+        self._close()
         if not self.finished and not self._kept:  # nothing worth resuming: leave no trace
             for name in (MANIFEST, RESULTS):
-                (self.path / name).unlink(missing_ok=True)
+                self.out.unlink(name)
+        if self._claimed <= self._recorded:  # every claim has its line: no orphans to know
+            self.out.unlink(PENDING)
         self._release()
+
+    def _close(self) -> None:
+        for handle in (self._results, self._pending):
+            if handle is not None:
+                handle.close()
+        self._results = self._pending = None
 
     def _acquire(self) -> None:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): runs are not guarded against each other
             return
-        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        while True:
+            fd = self.out.open_lock(LOCK_NAME)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise OutputError(
+                    f"another onnxcam run is writing to {self.path}; wait for it to finish or "
+                    "use another -o"
+                ) from None
+            # the holder before us unlinks the file while it holds the lock: a lock on an
+            # unlinked file guards nothing, so take the file that is there now
+            now = self.out.lstat(LOCK_NAME)
+            if now is not None and now.st_ino == os.fstat(fd).st_ino:
+                self._lock = fd
+                return
             os.close(fd)
-            raise OutputError(
-                f"another onnxcam run is writing to {self.path}; wait for it to finish or use "
-                "another -o"
-            ) from None
-        self._lock = fd
 
     def _release(self) -> None:
         if self._lock is not None:
-            (self.path / LOCK_NAME).unlink(missing_ok=True)
+            self.out.unlink(LOCK_NAME)  # while still locked: see _acquire
             os.close(self._lock)
             self._lock = None
 
     def _open(self) -> None:
-        manifest = self.path / MANIFEST
-        results = self.path / RESULTS
-        previous = _read_results(results)
-        before: dict[str, Any] = {}
-        if manifest.is_file():
+        out = self.out
+        for name in (RESULTS, PENDING):
+            info = out.lstat(name)
+            if info is not None and not stat.S_ISREG(info.st_mode):
+                raise OutputError(
+                    f"{out.path(name)} is a symbolic link or not a regular file: onnxcam never "
+                    "writes through links in its output folder; remove it, or use another -o"
+                )
+        before: Any = {}
+        text = out.read(MANIFEST, max_bytes=MAX_RECORD_BYTES)
+        if text is not None:
             try:
-                before = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                before = json.loads(text.decode("utf-8", errors="replace"))
+            except ValueError:
                 before = {}
-        made_before = manifest.is_file() or results.is_file()
+        before = before if isinstance(before, dict) else {}
+        made_before = out.lstat(MANIFEST) is not None or out.lstat(RESULTS) is not None
         same = before.get("fingerprint") == self.fingerprint
         if made_before and not same and not self.overwrite:
             raise OutputError(
@@ -216,38 +280,42 @@ class OutputFolder:
                 f"({_difference(before.get('settings'), self.settings)}); use --overwrite to "
                 "replace them, or a fresh -o"
             )
-        for stale in self.path.rglob(".*.part"):  # left by a run killed mid-write
-            stale.unlink(missing_ok=True)
-        ours = {self.path / name for record in previous for name in _files_of(record)}
+        inputs = {p.resolve() for p in self.inputs}
+        ours: set[str] = set()
+        for record in _records(out, self.skipped):
+            names = files_of(record)
+            ours.update(names)
+            done = record["status"] == "ok" and names
+            if done and not self.overwrite and all(out.is_file(n) for n in names):
+                self.finished[record["source"]] = tuple(names)
+            elif record["source"] in self.finished and record["status"] == "ok":
+                del self.finished[record["source"]]  # redone since, and not complete
+        ours |= _pending_names(out)
+        for part in out.files():  # left by a run killed mid-write
+            if is_part_name(part.name):
+                out.unlink(part)
         if self.overwrite:
-            for file in ours:
-                if file.is_file() and file.resolve() not in {p.resolve() for p in self.inputs}:
-                    file.unlink()
-            results.unlink(missing_ok=True)
-            previous = []
-        else:
-            for record in previous:
-                names = _files_of(record)
-                done = record.get("status") == "ok" and names
-                if done and all((self.path / n).is_file() for n in names):
-                    self.finished[str(record.get("source"))] = record
-        self._protected = {p.resolve() for p in self.inputs}
+            for name in ours:
+                if name.endswith(OUTPUT_SUFFIXES) and out.root / name not in inputs:
+                    out.unlink(name)
+            out.unlink(RESULTS)
+            out.unlink(PENDING)
+        self._protected = set(inputs)
         reported = recorded_files(self.path)  # the report's pictures are ours to redo too
-        for file in self.path.rglob("*"):
-            mine = file.name in (LOCK_NAME, MANIFEST, RESULTS) or file.resolve() in reported
-            if file.is_file() and file not in ours and not mine:
-                self._protected.add(file.resolve())
-        for record in self.finished.values():
-            self._written |= {(self.path / n).resolve() for n in _files_of(record)}
-        text = json.dumps({"fingerprint": self.fingerprint, "settings": self.settings}, indent=2)
-        tmp = manifest.with_name(f".{MANIFEST}.part")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, manifest)
-        self._results = open(results, "a+", encoding="utf-8")  # noqa: SIM115 (held for the run)
-        if self._results.tell():
-            self._results.seek(self._results.tell() - 1)
-            if self._results.read(1) != "\n":  # a line cut by a kill: end it, it stays ignored
-                self._results.write("\n")
+        own = {LOCK_NAME, MANIFEST, RESULTS, PENDING}
+        for found in out.files(links=True):  # a user's link is theirs too
+            path, relative = out.root / found, found.as_posix()
+            if relative not in ours and relative not in own and path not in reported:
+                self._protected.add(path)
+        for files in self.finished.values():
+            self._written |= {out.root / n for n in files}
+        manifest = {"fingerprint": self.fingerprint, "settings": self.settings}
+        out.write(MANIFEST, (to_json(manifest, indent=2) + "\n").encode())
+        self._results = out.open_append(RESULTS)
+        size = os.fstat(self._results.fileno()).st_size
+        if size and os.pread(self._results.fileno(), 1, size - 1) != b"\n":
+            self._results.write(b"\n")  # a line cut by a kill: end it, it stays ignored
+        self._pending = out.open_append(PENDING)
 
     @property
     def protected(self) -> frozenset[Path]:
@@ -255,24 +323,50 @@ class OutputFolder:
         is not this folder's own results (resolved paths)."""
         return frozenset(self._protected)
 
-    def is_finished(self, source: Path) -> bool:
+    def is_finished(self, source: Path | str) -> bool:
         """An earlier run with the same settings explained ``source`` completely."""
         return str(source) in self.finished
 
-    def claim(self, stem: str, names: Callable[[str], Iterable[str]]) -> str:
+    def finished_records(self, sources: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The last complete ``ok`` record of each of ``sources`` that is finished (read again
+        from ``results.jsonl``, so a large folder is not held in memory)."""
+        wanted = {s for s in sources if s in self.finished}
+        found: dict[str, dict[str, Any]] = {}
+        if not wanted:
+            return found
+        for record in _records(self.out):
+            source = record["source"]
+            ok = source in wanted and record["status"] == "ok"
+            if ok and tuple(files_of(record)) == self.finished[source]:
+                found[source] = record
+        return found
+
+    def claim(
+        self, stem: str, names: Callable[[str], Iterable[str]], *, source: str | None = None
+    ) -> str:
         """A stem for which none of ``names(stem)`` (the files an image will write) would
         replace an input, a file that was here before the run (not this folder's own
         results), or a file this run wrote; ``stem`` itself when it is free, else ``stem_2``,
-        ``stem_3``, ..."""
+        ``stem_3``, ... (shortened first when its names would be too long). The claim is
+        noted before any file is written, so a run killed before the image's results line
+        knows its files as its own when it is run again."""
+        base = _fits(stem, names)
         n = 1
-        chosen = stem
+        chosen = base
         while True:
-            paths = {(self.path / name).resolve() for name in names(chosen)}
+            paths = {self.out.root / self.out.name(name) for name in names(chosen)}
             if not paths & (self._protected | self._written):
                 self._written |= paths
-                return chosen
+                break
             n += 1
-            chosen = f"{stem}_{n}"
+            chosen = f"{base}_{n}"
+        if self._pending is not None:
+            files = {str(i): name for i, name in enumerate(names(chosen))}
+            claimant = source or chosen
+            line = {"status": CLAIMED, "source": claimant, "files": files}
+            self._pending.write((json.dumps(line) + "\n").encode())  # no fsync: a kill keeps it
+            self._claimed.add(claimant)
+        return chosen
 
     def record(self, line: Mapping[str, Any]) -> None:
         """Append one line to ``results.jsonl`` in a single write, flushed to disk."""
@@ -283,11 +377,16 @@ class OutputFolder:
         gets rows a batch at a time)."""
         if not lines:
             return
-        text = "".join(json.dumps(line) + "\n" for line in lines)
+        text = "".join(to_json(line) + "\n" for line in lines)
         self._kept = self._kept or any(line.get("status") == "ok" for line in lines)
-        self._results.write(text)
-        self._results.flush()
-        os.fsync(self._results.fileno())
+        try:
+            self._results.write(text.encode("utf-8", "surrogatepass"))
+            os.fsync(self._results.fileno())
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {self.out.path(RESULTS)}: {exc.strerror or exc}"
+            ) from exc
+        self._recorded.update(str(line.get("source")) for line in lines)
 
 
 def _difference(before: Any, now: Mapping[str, Any]) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .render import Mark, write_explanation
+from .confined import Confined
+from .render import Mark, write_explanation, write_thumbnails
 
 __all__ = ["SCHEMA_VERSION", "Result", "TargetResult", "file_names", "version"]
 
@@ -211,20 +212,24 @@ class Result:
 
     def save(
         self,
-        out_dir: str | Path,
+        out_dir: str | Path | Confined,
         *,
         stem: str | None = None,
         alpha: float = 0.5,
         emphasize: float | None = None,
+        thumbnails: bool = False,
     ) -> dict:
         """Write each target's overlay PNG, grayscale PNG and ``.npy`` map, and the JSON
         record (see :func:`file_names`); return the written paths. With ``emphasize`` (a
         threshold in [0, 1]), also an overlay of the map through a steep sigmoid around it,
-        so the attended region stands out and the rest fades."""
+        so the attended region stands out and the rest fades. With ``thumbnails``, also the
+        report's pictures of the image (``thumbs/``). Every file stays inside ``out_dir``
+        (:class:`~onnxcam.confined.Confined`)."""
         name = stem or (Path(self.source).stem if self.source else "image")
         emphasized = emphasize is not None
-        return write_explanation(
-            Path(out_dir),
+        out = out_dir if isinstance(out_dir, Confined) else Confined(Path(out_dir))
+        paths = write_explanation(
+            out,
             self.image,
             [t.saliency for t in self.targets],
             file_names(
@@ -237,3 +242,8 @@ class Result:
             emphasis=emphasize,
             marks=[t.marks() for t in self.targets],
         )
+        if thumbnails:
+            write_thumbnails(
+                out, name, self.image, self.saliency, alpha=alpha, marks=self.targets[0].marks()
+            )
+        return paths

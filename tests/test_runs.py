@@ -153,13 +153,10 @@ def test_one_writer_at_a_time_and_no_stale_lock(tmp_path, model):
 def test_files_honour_the_umask_and_no_part_file_survives(tmp_path, monkeypatch):
     old = os.umask(0o027)
     try:
-        import onnxcam.render.files as files
-
-        files._umask.cache_clear()
         write_atomic(tmp_path / "a.txt", b"x")
         assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
 
-        def interrupted(src, dst):
+        def interrupted(src, dst, **where):
             raise KeyboardInterrupt
 
         monkeypatch.setattr(os, "replace", interrupted)
@@ -168,7 +165,6 @@ def test_files_honour_the_umask_and_no_part_file_survives(tmp_path, monkeypatch)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
     finally:
         os.umask(old)
-        files._umask.cache_clear()
 
 
 def test_sigkill_leaves_valid_json_lines(tmp_path, model):

@@ -12,12 +12,14 @@ import cv2
 import numpy as np
 
 from ..config import unused_flags
+from ..confined import Confined
 from ..errors import ConfigError, OnnxCamError
 from ..evaluate import METHODS, REFERENCES, SUBSTRATES, Evaluation, format_table, summarize
 from ..evaluate import evaluate as run_evaluation
 from ..methods import METHODS as METHOD_CLASSES
 from ..outdir import relative_stems
 from ..quantus import quantus_npz
+from ..records import to_json
 from ..render import ensure_dir, write_atomic
 from ..render.evalreport import write_evaluation_report
 from ..render.overlay import overlay
@@ -39,6 +41,7 @@ from .common import (
 
 def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str, dict[str, str]]]:
     """A small overlay of each method's map on each image, for the report's grid."""
+    out = Confined(folder)
     sources = list(dict.fromkeys(str(e.source) for e in evaluations))
     stems = dict(zip(sources, relative_stems([Path(s) for s in sources]), strict=True))
     grid: dict[str, dict[str, str]] = {s: {} for s in sources}
@@ -50,8 +53,7 @@ def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str
             ev.saliency, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA
         )
         name = f"maps/{stems[str(ev.source)]}_{ev.method}.jpg"
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        write_jpeg(folder / name, overlay(small, np.clip(cam, 0, 1)))
+        write_jpeg(out, name, overlay(small, np.clip(cam, 0, 1)))
         grid[str(ev.source)][ev.method] = name
     return list(grid.items())
 
@@ -219,7 +221,7 @@ def evaluate(
         folder = out_path.parent if out_path.suffix == ".json" else out_path
         out_file = out_path if out_path.suffix == ".json" else out_path / "evaluation.json"
         ensure_dir(folder)
-        write_atomic(out_file, (json.dumps(document, indent=2) + "\n").encode())
+        write_atomic(out_file, (to_json(document, indent=2) + "\n").encode())
         grid = _map_pictures(folder, evaluations)
         report = write_evaluation_report(folder, document, grid)
         echo(f"\nwrote {out_file} and {report}")

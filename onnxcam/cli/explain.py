@@ -11,11 +11,13 @@ from typing import Any
 import click
 
 from ..config import model_sha256
-from ..errors import OnnxCamError
+from ..errors import OnnxCamError, OutputError
 from ..explain import Explainer
 from ..methods import METHODS
 from ..outdir import OutputFolder, relative_stems
-from ..render import build_report, report_files, write_thumbnails
+from ..records import RecordCounts
+from ..render import report_files
+from ..render.report import write_report
 from ..result import Result, file_names, version
 from ..targets import TargetSpec
 from .common import (
@@ -39,6 +41,11 @@ def _channels(result: Result) -> str:
     if "channels_used" not in result.stats:
         return ""
     return f", {result.channels_used}/{result.channels_total} channels"
+
+
+def _skipped(counts: RecordCounts) -> None:
+    if counts.skipped:
+        echo(f"results.jsonl: {counts.skipped} lines skipped ({counts.describe()})", err=True)
 
 
 def _report(path: Path, result: Result, paths: dict[str, Path]) -> None:
@@ -69,6 +76,11 @@ def run_settings(
         "alpha": alpha,
         "onnxcam_version": version(),
     }
+
+
+def _error_line(path: Path, exc: OnnxCamError) -> dict[str, Any]:
+    return {"status": "error", "source": str(path), "error_type": type(exc).__name__,
+            "error": str(exc)}  # fmt: skip
 
 
 def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], list[str]]:
@@ -188,22 +200,25 @@ def explain(
                 if isinstance(result, OnnxCamError):
                     failures += 1
                     report_error(result, show_bar)
-                    folder.record(
-                        {"status": "error", "source": str(path),
-                         "error_type": type(result).__name__, "error": str(result)}
-                    )  # fmt: skip
+                    folder.record(_error_line(path, result))
                     continue
                 names = _names(len(result.targets), result.image is not None, emphasize)
-                stem = folder.claim(stems[path], names)
-                paths = result.save(out_dir, stem=stem, alpha=alpha, emphasize=emphasis)
-                if with_report:
-                    write_thumbnails(
-                        out_dir, stem, result.image, result.saliency, alpha=alpha,
-                        marks=result.targets[0].marks(),
+                try:
+                    stem = folder.claim(stems[path], names, source=str(path))
+                    paths = result.save(
+                        folder.out, stem=stem, alpha=alpha, emphasize=emphasis,
+                        thumbnails=with_report,
                     )  # fmt: skip
+                except OutputError as exc:  # this image's files: the others may still fit
+                    failures += 1
+                    report_error(exc, show_bar)
+                    folder.record(_error_line(path, exc))
+                    continue
                 record = result.to_record(stem=stem, emphasized=emphasis is not None)
                 folder.record({"status": "ok", **record})
                 _report(path, result, paths)
         if with_report:
-            echo(f"report: {build_report(out_dir)}", err=True)
+            written = write_report(out_dir)
+            echo(f"report: {written.page}", err=True)
+        _skipped(folder.skipped)
     finish(failures, len(todo))

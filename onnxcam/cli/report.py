@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..outdir import is_output_folder
-from ..render import build_report
+from ..render.report import write_report
 from .common import echo, safe
 
 
@@ -23,4 +23,8 @@ def report(out_dir: Path) -> None:
                 "folder of an `onnxcam explain` run"
             )
         )
-    echo(build_report(out_dir))
+    written = write_report(out_dir)
+    echo(written.page)
+    skipped = written.skipped
+    if skipped.skipped:
+        echo(f"results.jsonl: {skipped.skipped} lines skipped ({skipped.describe()})", err=True)

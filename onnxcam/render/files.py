@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -14,7 +10,9 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
+from ..confined import Confined
 from ..errors import OutputError
+from ..records import to_json
 from .overlay import Mark, emphasize, overlay, saliency_image
 
 __all__ = ["ensure_dir", "write_atomic", "write_explanation"]
@@ -22,48 +20,16 @@ __all__ = ["ensure_dir", "write_atomic", "write_explanation"]
 
 def ensure_dir(path: Path) -> Path:
     """Create the output folder, or say why it cannot be written."""
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"output path {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {path}: {exc.strerror or exc}") from exc
+    Confined(path)
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {path} is not writable")
     return path
 
 
 def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
-    """Write ``data`` (bytes, or a function that writes to a file) to ``path`` through a
-    temporary file, so no reader sees half a file.
-
-    The file gets the permissions the umask allows (``mkstemp`` alone would make it 0600), and
-    the temporary file is removed whatever interrupts the write (an error, Ctrl-C).
-    """
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            if callable(data):
-                data(handle)
-            else:
-                handle.write(data)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0o022)  # read it (the only way), then put it back
-    os.umask(mask)
-    return mask
+    """Write ``data`` (bytes, or a function that writes to a file) to the file ``path`` the
+    user named, atomically (see :meth:`Confined.write`: the folder is ``path``'s own)."""
+    Confined(path.parent).write(path.name, data)
 
 
 def _png(image: np.ndarray) -> Callable[[BinaryIO], None]:
@@ -89,7 +55,7 @@ def _npy(array: np.ndarray) -> Callable[[BinaryIO], None]:
 
 
 def write_explanation(
-    out_dir: Path,
+    out: Confined | Path,
     image: np.ndarray | None,
     maps: Sequence[np.ndarray],
     names: Sequence[Mapping[str, str]],
@@ -114,29 +80,27 @@ def write_explanation(
     Raises:
         OutputError: a file cannot be written, or one would replace the input image.
     """
-    ensure_dir(out_dir)
+    out = out if isinstance(out, Confined) else Confined(Path(out))
     prefix = len(maps) > 1
-    paths = {"json": out_dir / json_name}
+    paths = {"json": out.path(json_name)}
     for i, files in enumerate(names):
         for kind, name in files.items():
-            paths[f"t{i}_{kind}" if prefix else kind] = out_dir / name
+            paths[f"t{i}_{kind}" if prefix else kind] = out.path(name)
     if source is not None:
         original = Path(source).resolve()
         for path in paths.values():
-            if path.resolve() == original:
+            if path == original:
                 raise OutputError(f"refusing to overwrite the input image {source}")
-    for path in paths.values():
-        ensure_dir(path.parent)  # stems may mirror the inputs' folders
     boxes = marks if marks is not None else [()] * len(maps)
     for saliency, files, drawn in zip(maps, names, boxes, strict=True):
         if image is not None:
             picture = overlay(image, saliency, alpha=alpha, marks=drawn)
-            write_atomic(out_dir / files["overlay"], _png(picture))
+            out.write(files["overlay"], _png(picture))
             if emphasis is not None and "emphasized" in files:
                 steep = emphasize(saliency, emphasis)
                 picture = overlay(image, steep, alpha=alpha, marks=drawn)
-                write_atomic(out_dir / files["emphasized"], _png(picture))
-        write_atomic(out_dir / files["saliency"], _png(saliency_image(saliency)))
-        write_atomic(out_dir / files["npy"], _npy(saliency))
-    write_atomic(paths["json"], (json.dumps(record, indent=2) + "\n").encode())
+                out.write(files["emphasized"], _png(picture))
+        out.write(files["saliency"], _png(saliency_image(saliency)))
+        out.write(files["npy"], _npy(saliency))
+    out.write(json_name, (to_json(record, indent=2) + "\n").encode())
     return paths

@@ -14,21 +14,35 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
+import stat
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
 
-from .files import write_atomic
+from ..confined import Confined, confined_name
+from ..errors import ImageError, OutputError
+from ..images import decode_image
+from ..records import MAX_RECORD_BYTES, RecordCounts, iter_records
 from .overlay import Mark, overlay
 from .sheet import ORIGINAL_SIDE, SHEET_CAP, THUMB_SIDE, contact_sheet, thumbnail, write_jpeg
 
-__all__ = ["REPORT", "SHEET", "build_report", "report_files", "write_thumbnails"]
+__all__ = [
+    "REPORT",
+    "SHEET",
+    "ReportSummary",
+    "build_report",
+    "report_files",
+    "write_report",
+    "write_thumbnails",
+]
 
 REPORT = "index.html"
 SHEET = "contact_sheet.png"
@@ -40,7 +54,7 @@ def report_files(stem: str) -> dict[str, str]:
 
 
 def write_thumbnails(
-    out_dir: Path,
+    out: Confined | Path,
     stem: str,
     image: np.ndarray | None,
     saliency: np.ndarray,
@@ -50,10 +64,11 @@ def write_thumbnails(
 ) -> None:
     """The contact-sheet thumbnail (the first target's overlay, small, with its boxes) and the
     original for the detail view, made from the arrays in memory (no file is read back)."""
+    out = out if isinstance(out, Confined) else Confined(out)
     names = report_files(stem)
     if image is None:  # a tensor explained without its image: the map alone
         small_map = thumbnail(cv2.cvtColor((saliency * 255).astype(np.uint8), cv2.COLOR_GRAY2RGB))
-        write_jpeg(out_dir / names["thumb"], small_map)
+        write_jpeg(out, names["thumb"], small_map)
         return
     if max(image.shape[:2]) > THUMB_SIDE:  # a small image's overlay is its own thumbnail
         small = np.ascontiguousarray(thumbnail(image))
@@ -65,65 +80,138 @@ def write_thumbnails(
             ((x0 * sx, y0 * sy, x1 * sx, y1 * sy), text) for (x0, y0, x1, y1), text in marks
         ]
         picture = overlay(small, small_map, alpha=alpha, marks=shrunk)
-        write_jpeg(out_dir / names["thumb"], picture)
-    write_jpeg(out_dir / names["original"], np.ascontiguousarray(thumbnail(image, ORIGINAL_SIDE)))
+        write_jpeg(out, names["thumb"], picture)
+    write_jpeg(out, names["original"], np.ascontiguousarray(thumbnail(image, ORIGINAL_SIDE)))
 
 
-def _read(out_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    settings: dict[str, Any] = {}
-    manifest = out_dir / "run.json"
-    if manifest.is_file():
+#: The longest text from a record shown on the page (labels, notes, errors): a record may
+#: hold up to a megabyte, the page stays readable and small.
+TEXT_CAP = 300
+_PICTURE_BYTES = 64 << 20  # an overlay or thumbnail read back is a PNG/JPEG of an image
+_CLASS_CAP = 1000  # classes offered in the filter
+
+
+def _settings(out: Confined) -> dict[str, Any]:
+    data = out.read("run.json", max_bytes=MAX_RECORD_BYTES)
+    try:
+        value = json.loads(data.decode("utf-8", errors="replace")) if data else {}
+    except ValueError:
+        return {}
+    settings = value.get("settings") if isinstance(value, dict) else None
+    return settings if isinstance(settings, dict) else {}
+
+
+class _Records:
+    """The folder's records, read again for each part of the page (streamed: a folder of
+    100,000 images is never held in memory); an image retried by a resumed run shows its
+    last line."""
+
+    def __init__(self, out: Confined) -> None:
+        self.out = out
+        self.counts = RecordCounts()
+        self._last: dict[str, int] = {}
+        for i, record in enumerate(self._all(self.counts)):
+            self._last[record["source"]] = i
+
+    def _all(self, counts: RecordCounts | None = None) -> Iterator[dict[str, Any]]:
+        handle = self.out.open_read("results.jsonl")
+        if handle is None:
+            return
+        with handle:
+            yield from iter_records(handle, counts)
+
+    def latest(self, status: str) -> Iterator[dict[str, Any]]:
+        """Each image's last record, if its status is ``status``, in the file's order."""
+        for i, record in enumerate(self._all()):
+            if record["status"] == status and self._last.get(record["source"]) == i:
+                yield record
+
+
+def _stem(record: Mapping[str, Any]) -> str | None:
+    """The record's stem (its JSON's name less ``.json``), when it is a name inside OUT."""
+    name = (record.get("files") or {}).get("json")
+    if not isinstance(name, str) or not name.endswith(".json") or len(name) <= len(".json"):
+        return None
+    return name[: -len(".json")]
+
+
+class _Files:
+    """Which names a page may link: regular files inside OUT, reached without a link (each
+    folder on the way checked once)."""
+
+    def __init__(self, out: Confined) -> None:
+        self.out = out
+        self._folders: dict[str, bool] = {"": True}
+        self.pictures = {n.as_posix() for n in out.files(THUMBS)}
+
+    def _folder_ok(self, folder: str) -> bool:
+        known = self._folders.get(folder)
+        if known is None:
+            parent = folder.rpartition("/")[0]
+            info = self.out.lstat(folder) if self._folder_ok(parent) else None
+            known = info is not None and stat.S_ISDIR(info.st_mode)
+            self._folders[folder] = known
+        return known
+
+    def linkable(self, name: Any) -> bool:
+        checked = confined_name(name)
+        if checked is None:
+            return False
+        if name in self.pictures:
+            return True
+        parent = checked.parent.as_posix()
+        if not self._folder_ok("" if parent == "." else parent):
+            return False
         try:
-            settings = json.loads(manifest.read_text(encoding="utf-8")).get("settings", {})
-        except (OSError, ValueError):
-            settings = {}
-    records = []
-    results = out_dir / "results.jsonl"
-    if results.is_file():
-        for line in results.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                records.append(value)
-    latest: dict[str, dict[str, Any]] = {}
-    for record in records:  # a resumed run may have retried an image: its last line wins
-        latest[str(record.get("source"))] = record
-    return settings, list(latest.values())
+            return stat.S_ISREG(os.lstat(self.out.root / checked).st_mode)
+        except OSError:
+            return False
 
 
-def _stem(record: Mapping[str, Any]) -> str:
-    name = str((record.get("files") or {}).get("json", "image.json"))
-    return name[: -len(".json")] if name.endswith(".json") else name
-
-
-def _pictures(out_dir: Path) -> set[str]:
-    """The report pictures already in ``OUT/thumbs``, as paths relative to ``OUT`` (one walk of
-    the folder rather than a file-system call per image and picture)."""
-    found: set[str] = set()
-    for folder, _, files in os.walk(out_dir / THUMBS):
-        relative = Path(folder).relative_to(out_dir).as_posix()
-        found.update(f"{relative}/{name}" for name in files)
-    return found
-
-
-def _ensure_thumbnail(out_dir: Path, record: Mapping[str, Any], present: set[str]) -> None:
+def _ensure_thumbnail(files: _Files, record: Mapping[str, Any]) -> None:
     """Make a missing thumbnail from the overlay file (a rebuild after a run that did not
     write them)."""
-    names = report_files(_stem(record))
-    size = record.get("image_size") or [THUMB_SIDE + 1]
-    if max(size) <= THUMB_SIDE or names["thumb"] in present:
+    stem = _stem(record)
+    if stem is None:
+        return
+    names = report_files(stem)
+    size = record.get("image_size")
+    big = not isinstance(size, list) or any(
+        isinstance(s, (int, float)) and s > THUMB_SIDE for s in size
+    )
+    if not big or names["thumb"] in files.pictures:
         return  # a small image's overlay is its own thumbnail
+    overlay_name = _first_files(record).get("overlay")
+    if not isinstance(overlay_name, str) or not files.linkable(overlay_name):
+        return
+    data = files.out.read(overlay_name, max_bytes=_PICTURE_BYTES)
+    if data is None:
+        return
+    try:
+        picture = decode_image(data, name=overlay_name)
+    except ImageError:
+        return
+    if max(picture.shape[:2]) <= THUMB_SIDE:
+        return
+    try:
+        write_jpeg(files.out, names["thumb"], thumbnail(picture))
+    except OutputError:
+        return
+    files.pictures.add(names["thumb"])
+
+
+def _first(record: Mapping[str, Any]) -> Mapping[str, Any]:
     targets = record.get("targets") or [{}]
-    overlay_name = (targets[0].get("files") or {}).get("overlay")
-    if not overlay_name:
-        return
-    picture = cv2.imread(str(out_dir / overlay_name), cv2.IMREAD_COLOR)
-    if picture is None or max(picture.shape[:2]) <= THUMB_SIDE:
-        return
-    write_jpeg(out_dir / names["thumb"], thumbnail(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)))
-    present.add(names["thumb"])
+    return targets[0]
+
+
+def _first_files(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _first(record).get("files") or {}
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= TEXT_CAP else text[: TEXT_CAP - 1] + "…"
 
 
 def _href(path: str) -> str:
@@ -131,11 +219,15 @@ def _href(path: str) -> str:
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(_text(value), quote=True)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _score(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+    return f"{value:.3f}" if _number(value) else "–"
 
 
 MARKER = ".onnxcam-report"  # the report's own file names, so no one else's file is replaced
@@ -144,113 +236,178 @@ THUMBS = "thumbs"
 
 def report_names(out_dir: Path) -> list[str]:
     """The files an onnxcam report wrote in ``out_dir`` (from its marker)."""
+    out = Confined.existing(out_dir)
+    data = out.read(MARKER, max_bytes=4096) if out is not None else None
     try:
-        names = json.loads((out_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        names = json.loads(data.decode("utf-8", errors="replace")) if data else []
+    except ValueError:
         return []
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and n in _NAMES]
 
 
-def _free_names(out_dir: Path) -> tuple[str, str]:
+_NAMES = (REPORT, SHEET, f"onnxcam_{REPORT}", f"onnxcam_{SHEET}")
+
+
+def _free_names(out: Confined) -> tuple[str, str]:
     """``index.html`` and ``contact_sheet.png``, unless files of those names are there that
     an onnxcam report did not write: then ``onnxcam_index.html`` and so on."""
-    ours = set(report_names(out_dir))
+    ours = set(report_names(out.root))
     names = []
     for name in (REPORT, SHEET):
-        names.append(name if name in ours or not (out_dir / name).exists() else f"onnxcam_{name}")
+        free = name in ours or out.lstat(name) is None
+        names.append(name if free else f"onnxcam_{name}")
     return names[0], names[1]
+
+
+@dataclass
+class ReportSummary:
+    """What :func:`build_report` wrote and what it skipped."""
+
+    page: Path
+    skipped: RecordCounts
 
 
 def build_report(out_dir: Path) -> Path:
     """Write ``OUT/index.html`` and ``OUT/contact_sheet.png`` from ``OUT``'s records."""
-    settings, records = _read(out_dir)
-    done = [r for r in records if r.get("status") == "ok"]
-    failed = [r for r in records if r.get("status") == "error"]
-    present = _pictures(out_dir)
-    for record in done:
-        _ensure_thumbnail(out_dir, record, present)
-    page_name, sheet_name = _free_names(out_dir)
-    page = _page(present, settings, done, failed, sheet_name)
-    write_atomic(out_dir / MARKER, json.dumps([page_name, sheet_name]).encode())
-    write_atomic(out_dir / page_name, page.encode("utf-8"))
-    _write_sheet(out_dir, present, done, sheet_name)
-    return out_dir / page_name
+    return write_report(out_dir).page
 
 
-def _write_sheet(
-    out_dir: Path, present: set[str], done: Sequence[Mapping[str, Any]], name: str
-) -> None:
+def write_report(out_dir: Path) -> ReportSummary:
+    """:func:`build_report`, saying also how many records were skipped (too large, or not
+    valid records)."""
+    out = Confined(out_dir)
+    settings = _settings(out)
+    records = _Records(out)
+    files = _Files(out)
+    summary = _summary(records, files)
+    page_name, sheet_name = _free_names(out)
+    out.write(MARKER, json.dumps([page_name, sheet_name]).encode())
+    out.write(
+        page_name, lambda handle: _page(handle, records, files, settings, summary, sheet_name)
+    )
+    _write_sheet(out, summary.sheet, sheet_name)
+    return ReportSummary(out.path(page_name), records.counts)
+
+
+@dataclass
+class _Summary:
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    first: Mapping[str, Any] | None = None
+    classes: set[str] = field(default_factory=set)
+    sheet: list[tuple[str, str]] = field(default_factory=list)  # (thumbnail, caption)
+
+
+def _summary(records: _Records, files: _Files) -> _Summary:
+    """One pass over the finished images: counts, time, classes, the sheet's pictures; the
+    missing thumbnails are made on the way."""
+    summary = _Summary()
+    for record in records.latest("ok"):
+        _ensure_thumbnail(files, record)
+        summary.done += 1
+        summary.first = summary.first or record
+        timings = record.get("timings")
+        total = timings.get("total_s") if isinstance(timings, dict) else None
+        if isinstance(total, (int, float)) and _number(total):
+            summary.seconds += float(total)
+        if len(summary.classes) < _CLASS_CAP:
+            label = _class_of(record)
+            if label:
+                summary.classes.add(_text(label))
+        if len(summary.sheet) < SHEET_CAP:
+            thumb = _thumb(files, record)
+            if thumb is not None:
+                first = _first(record)
+                label = first.get("label") or first.get("class_index") or first.get("kind", "")
+                name = Path(record["source"]).name
+                summary.sheet.append((thumb, f"{name} {_text(label)} {_score(first.get('score'))}"))
+    for _ in records.latest("error"):
+        summary.failed += 1
+    return summary
+
+
+def _write_sheet(out: Confined, pictures: Sequence[tuple[str, str]], name: str) -> None:
     thumbs, captions = [], []
-    for record in done[:SHEET_CAP]:
-        picture = cv2.imread(str(out_dir / _thumb(present, record)), cv2.IMREAD_COLOR)
-        if picture is None:
+    for thumb, caption in pictures:
+        data = out.read(thumb, max_bytes=_PICTURE_BYTES)
+        if data is None:
             continue
-        thumbs.append(picture)  # BGR in, BGR out: the sheet's colours are grey
-        first = (record.get("targets") or [{}])[0]
-        label = first.get("label") or first.get("class_index") or first.get("kind", "")
-        captions.append(
-            f"{Path(str(record.get('source'))).name} {label} {_score(first.get('score'))}"
-        )
+        try:
+            picture = decode_image(data, name=thumb)
+        except ImageError:
+            continue
+        thumbs.append(np.ascontiguousarray(picture[..., ::-1]))  # the sheet's colours are grey
+        captions.append(caption)
     if thumbs:
         # PNG's default settings are the fastest
         ok, buf = cv2.imencode(".png", contact_sheet(thumbs, captions))
         if ok:
-            write_atomic(out_dir / name, buf.tobytes())
+            out.write(name, buf.tobytes())
 
 
-def _header(
-    settings: Mapping[str, Any], done: Sequence[Mapping[str, Any]], failed: Sequence[Any]
-) -> str:
-    first = done[0] if done else {}
-    seconds = [float((r.get("timings") or {}).get("total_s", 0.0)) for r in done]
-    total = sum(seconds)
-    per_image = total / len(seconds) if seconds else 0.0
+def _header(settings: Mapping[str, Any], summary: _Summary) -> str:
+    first = summary.first or {}
+    per_image = summary.seconds / summary.done if summary.done else 0.0
     model = first.get("model") or "?"
+    options = settings.get("method_options", {})
+    targets = settings.get("targets")
+    shown_targets = (
+        ", ".join(_text(t) for t in targets[:20])
+        if isinstance(targets, list) and targets
+        else "the top class"
+    )
     rows = [
         ("model", f"{Path(str(model)).name} (sha256 {settings.get('model_sha256', '?')})"),
         ("node", f"{first.get('node', '?')} (tensor {first.get('tensor', '?')})"),
         ("method", f"{first.get('method', settings.get('method', '?'))}"),
-        ("options", json.dumps(settings.get("method_options", {}), sort_keys=True)),
-        ("targets", ", ".join(settings.get("targets") or ["the top class"])),
+        ("options", json.dumps(options, sort_keys=True, default=str)),
+        ("targets", shown_targets),
         ("provider", first.get("provider", "?")),
         ("onnxcam", first.get("onnxcam_version", settings.get("onnxcam_version", "?"))),
-        ("images", f"{len(done)} explained, {len(failed)} failed"),
-        ("time", f"{total:.1f} s in all, {per_image:.2f} s per image"),
+        ("images", f"{summary.done} explained, {summary.failed} failed"),
+        ("time", f"{summary.seconds:.1f} s in all, {per_image:.2f} s per image"),
         ("report written", time.strftime("%Y-%m-%d %H:%M:%S")),
     ]
     cells = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
     return f"<header><h1>onnxcam report</h1><dl>{cells}</dl></header>"
 
 
-def _thumb(present: set[str], record: Mapping[str, Any]) -> str:
+def _thumb(files: _Files, record: Mapping[str, Any]) -> str | None:
     """The card's picture: the thumbnail, or the first overlay when the image is small."""
-    thumb = report_files(_stem(record))["thumb"]
-    if thumb in present:
+    stem = _stem(record)
+    thumb = report_files(stem)["thumb"] if stem is not None else None
+    if thumb is not None and thumb in files.pictures:
         return thumb
-    first = (record.get("targets") or [{}])[0]
-    return str(
-        (first.get("files") or {}).get("overlay")
-        or (first.get("files") or {}).get("saliency", thumb)
-    )
+    first = _first_files(record)
+    for name in (first.get("overlay"), first.get("saliency")):
+        if files.linkable(name):
+            return str(name)
+    return None
 
 
-def _card(present: set[str], index: int, record: Mapping[str, Any]) -> str:
-    first = (record.get("targets") or [{}])[0]
-    name = Path(str(record.get("source"))).name
+def _card(files: _Files, index: int, record: Mapping[str, Any]) -> str:
+    first = _first(record)
+    name = Path(record["source"]).name
     label = first.get("label") or (
         f"class {first['class_index']}"
         if first.get("class_index") is not None
         else first.get("kind", "")
     )
     score = first.get("score")
-    thumb = _thumb(present, record)
+    thumb = _thumb(files, record)
+    picture = (
+        f'<img loading="lazy" src="{_href(thumb)}" alt="{_e(name)}" width="200">' if thumb else ""
+    )
     data = (
         f'data-name="{_e(name.lower())}" data-class="{_e(label)}" '
-        f'data-score="{score if isinstance(score, (int, float)) else -1}"'
+        f'data-score="{score if _number(score) else -1}"'
     )
     return (
-        f'<a class="card" href="#d{index}" {data}><img loading="lazy" src="{_href(thumb)}" '
-        f'alt="{_e(name)}" width="200"><span class="name">{_e(name)}</span>'
+        f'<a class="card" href="#d{index}" {data}>{picture}'
+        f'<span class="name">{_e(name)}</span>'
         f'<span class="meta">{_e(label)} · {_score(score)}</span></a>'
     )
 
@@ -263,69 +420,82 @@ def _figure(src: str, caption: str) -> str:
     )
 
 
-def _detail(present: set[str], index: int, record: Mapping[str, Any]) -> str:
-    name = Path(str(record.get("source"))).name
+def _detail(files: _Files, index: int, record: Mapping[str, Any]) -> str:
+    name = Path(record["source"]).name
     figures = []
-    original = report_files(_stem(record))["original"]
-    if original in present:
+    stem = _stem(record)
+    original = report_files(stem)["original"] if stem is not None else None
+    if original is not None and original in files.pictures:
         figures.append(_figure(original, "original"))
     for i, target in enumerate(record.get("targets") or []):
-        files = target.get("files") or {}
-        what = f"t{i}: {target.get('summary', target.get('kind', ''))}"
+        names = target.get("files") or {}
+        what = f"t{i}: {_text(target.get('summary', target.get('kind', '')))}"
         for kind in ("overlay", "emphasized", "saliency"):
-            if kind in files:
-                figures.append(_figure(files[kind], f"{what} ({kind})"))
+            if kind in names and files.linkable(names[kind]):
+                figures.append(_figure(names[kind], f"{what} ({kind})"))
+    top5 = record.get("top5")
+    rows = [t for t in top5[:5] if isinstance(t, dict)] if isinstance(top5, list) else []
     top = "".join(
         f"<tr><td>{_e(t.get('index'))}</td><td>{_e(t.get('label') or '')}</td>"
         f"<td>{_score(t.get('score'))}</td></tr>"
-        for t in record.get("top5") or []
+        for t in rows
     )
     table = f"<table><tr><th>class</th><th>label</th><th>p</th></tr>{top}</table>" if top else ""
-    notes = "".join(f"<li>{_e(n)}</li>" for n in record.get("notes") or [])
-    first = (record.get("targets") or [{}])[0]
+    given = record.get("notes")
+    notes = "".join(f"<li>{_e(n)}</li>" for n in (given[:20] if isinstance(given, list) else []))
+    first = _first(record)
     return (
         f'<details id="d{index}"><summary>{_e(name)} — {_e(first.get("summary", ""))}</summary>'
-        f'<p class="source">{_e(record.get("source"))}</p><div class="row">{"".join(figures)}</div>'
+        f'<p class="source">{_e(record["source"])}</p><div class="row">{"".join(figures)}</div>'
         f"{table}{f'<ul class=notes>{notes}</ul>' if notes else ''}</details>"
     )
 
 
 def _page(
-    present: set[str],
+    handle: BinaryIO,
+    records: _Records,
+    files: _Files,
     settings: Mapping[str, Any],
-    done: Sequence[Mapping[str, Any]],
-    failed: Sequence[Mapping[str, Any]],
+    summary: _Summary,
     sheet_name: str,
-) -> str:
-    classes = sorted({c for c in (_class_of(r) for r in done) if c})
+) -> None:
+    """The page, written part by part as the records stream by."""
+
+    def put(text: str) -> None:
+        handle.write(text.encode("utf-8", "surrogateescape"))
+
+    classes = sorted(summary.classes)
     options = "".join(f'<option value="{_e(c)}">{_e(c)}</option>' for c in classes)
-    cards = "".join(_card(present, i, r) for i, r in enumerate(done))
-    details = "".join(_detail(present, i, r) for i, r in enumerate(done))
-    failures = "".join(
-        f"<li><code>{_e(r.get('source'))}</code>: {_e(r.get('error_type', 'Error'))}: "
-        f"{_e(r.get('error', ''))}</li>"
-        for r in failed
-    )
-    return f"""<!doctype html>
+    put(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="onnxcam">
 <title>onnxcam report</title>
 <style>{_CSS}</style></head>
 <body>
-{_header(settings, done, failed)}
+{_header(settings, summary)}
 <nav><label>sort <select id="sort"><option value="name">file name</option>
 <option value="class">class</option><option value="score">score</option></select></label>
 <label>class <select id="filter"><option value="">all</option>{options}</select></label>
-<span id="count">{len(done)} images</span> · <a href="{_href(sheet_name)}">contact sheet</a>
+<span id="count">{summary.done} images</span> · <a href="{_href(sheet_name)}">contact sheet</a>
 · <a href="results.jsonl">results.jsonl</a></nav>
-<main id="sheet" class="grid">{cards}</main>
-<section id="details"><h2>Images</h2>{details}</section>
-<section id="failures"><h2>Failed ({len(failed)})</h2><ul>{failures}</ul></section>
+<main id="sheet" class="grid">""")
+    for i, record in enumerate(records.latest("ok")):
+        put(_card(files, i, record))
+    put('</main>\n<section id="details"><h2>Images</h2>')
+    for i, record in enumerate(records.latest("ok")):
+        put(_detail(files, i, record))
+    put(f'</section>\n<section id="failures"><h2>Failed ({summary.failed})</h2><ul>')
+    for record in records.latest("error"):
+        put(
+            f"<li><code>{_e(record['source'])}</code>: {_e(record.get('error_type', 'Error'))}: "
+            f"{_e(record.get('error', ''))}</li>"
+        )
+    put(f"""</ul></section>
 <footer>made by onnxcam; every link is relative to this folder.</footer>
 <script>{_JS}</script>
 </body></html>
-"""
+""")
 
 
 def _class_of(record: Mapping[str, Any]) -> str:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import OutputError
+from ..confined import Confined
 
 __all__ = ["SHEET_CAP", "THUMB_SIDE", "ascii_caption", "contact_sheet", "thumbnail", "write_jpeg"]
 
@@ -28,23 +26,11 @@ def thumbnail(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def write_jpeg(path: Path, rgb: np.ndarray, *, quality: int = 85) -> None:
-    """Write an RGB array as a JPEG through a ``.part`` file and a rename (the folder has one
-    writer, so a fixed temporary name will do: a third of ``write_atomic``'s system calls)."""
+def write_jpeg(out: Confined, name: str, rgb: np.ndarray, *, quality: int = 85) -> None:
+    """Write an RGB array as the JPEG ``name`` inside ``out`` (atomically)."""
     ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        return
-    part = path.with_name(f".{path.name}.part")
-    try:
-        try:
-            part.write_bytes(buf.data)
-        except FileNotFoundError:  # the first picture in its folder: make the folder once
-            path.parent.mkdir(parents=True, exist_ok=True)
-            part.write_bytes(buf.data)
-        os.replace(part, path)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if ok:
+        out.write(name, buf.tobytes())
 
 
 def ascii_caption(text: str, limit: int = 28) -> str:

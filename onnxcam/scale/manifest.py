@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import PurePath, PurePosixPath
 from urllib.parse import urlsplit
@@ -212,10 +213,30 @@ def read_bytes(uri: str, *, max_bytes: int) -> bytes:
                 f"{uri}: object of {info.size:,} bytes is larger than any image within the pixel "
                 "limit (raise it with --max-pixels)"
             )
+        if isinstance(fs, pafs.LocalFileSystem):
+            return _read_local(uri, where, max_bytes)
         with fs.open_input_stream(where) as handle:
-            return bytes(handle.read())
+            data = bytes(handle.read(max_bytes + 1))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ImageError(f"{uri}: cannot be read ({_first_line(exc)})") from exc
+    if len(data) > max_bytes:
+        raise ImageError(f"{uri}: object is larger than {max_bytes:,} bytes (--max-pixels)")
+    return data
+
+
+def _read_local(uri: str, where: str, max_bytes: int) -> bytes:
+    """A local file's bytes: a regular file only (a FIFO would block the worker for good, a
+    device like ``/dev/zero`` reports size 0 and never ends), opened without blocking and
+    checked on the open descriptor, read no further than ``max_bytes``."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(where, flags)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f"{uri}: not a regular file (a FIFO, device or socket)")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"{uri}: file is larger than {max_bytes:,} bytes (--max-pixels)")
+    return data
 
 
 def _first_line(exc: BaseException) -> str:

@@ -92,8 +92,8 @@ def job_stems(
         done.column("json").to_pylist(), done.column("maps").to_pylist(), strict=True
     ):
         done_files += [f for f in [record, *(maps or [])] if f]
-    for record in folder.finished.values():
-        done_files += [str(f) for f in (record.get("files") or {}).values()]
+    for files in folder.finished.values():
+        done_files += files
     blocked = (blocked_stems(present) - ours) | blocked_stems(done_files)
     stems = assign_stems(manifest.column("location").to_pylist(), blocked=blocked)
     table = pa.table({"path": manifest.column("path"), "stem": pa.array(stems, pa.string())})

@@ -23,6 +23,7 @@ Tested with Ray 2.55.1 and 2.60.0 (``pyproject.toml`` pins the range): ``max_res
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import ClusterError, ConfigError, OnnxCamError
 
@@ -53,10 +54,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from None
 
 from ..config import ExplainerConfig, model_sha256
+from ..confined import Confined
 from ..explain import Explainer
 from ..outdir import OutputFolder
 from ..quiet import native_stderr_silenced
-from ..render import build_report, ensure_dir, write_atomic
+from ..render import build_report, write_atomic
 from ..result import version
 from ..targets import TargetLike
 from .job import IMAGES_PER_CALL, SUMMARY, JobOptions, JobSummary, Progress, write_summary
@@ -64,7 +66,15 @@ from .ledger import CrashLedger
 from .manifest import is_uri
 from .naming import job_stems
 from .preflight import check_resources, sees_shared
-from .table import TableWriter, finished_paths, latest_rows, quarantined, reconcile, status_counts
+from .table import (
+    PARTS,
+    TableWriter,
+    finished_paths,
+    latest_rows,
+    quarantined,
+    reconcile,
+    status_counts,
+)
 from .worker import LEDGER, ExplainWorker, WorkerSettings
 
 __all__ = [
@@ -272,7 +282,7 @@ def check_shared(out_dir: Path, files: list[str], *, timeout_s: float = 120.0) -
 
 
 @contextlib.contextmanager
-def _quiet_ray(log: Path) -> Iterator[None]:
+def _quiet_ray(log: BinaryIO) -> Iterator[None]:
     """Ray Data's progress bars, notices and deprecation warnings off; what Ray prints on
     stdout while the job runs (notices of dead workers, which the crash ledger handles) goes
     to ``log``."""
@@ -290,8 +300,12 @@ def _quiet_ray(log: Path) -> Iterator[None]:
         level = data_logger.level
         data_logger.setLevel(logging.ERROR)
         try:
-            with open(log, "a", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
-                yield
+            sink = io.TextIOWrapper(log, encoding="utf-8", errors="replace", write_through=True)
+            try:
+                with contextlib.redirect_stdout(sink):
+                    yield
+            finally:
+                sink.detach()  # the caller closes the file
         finally:
             data_logger.setLevel(level)
             for name, value in saved.items():
@@ -427,17 +441,18 @@ def run_job(
     with OutputFolder(
         out_dir, settings=settings, inputs=local_inputs, overwrite=options.overwrite
     ) as folder:
+        _state_folders(folder.out)  # real folders inside OUT, never links out of it
         ledger = CrashLedger(state)
         if options.overwrite:
             ledger.clear()
             for name in ("results.parquet", SUMMARY):
-                (out_dir / name).unlink(missing_ok=True)
-        ensure_dir(state)
+                folder.out.unlink(name)
+        _state_folders(folder.out)
         ledger.clear_inflight()
         latest = latest_rows(out_dir, state)
         wanted = set(paths)
         finished = (finished_paths(latest, out_dir) | set(folder.finished)) & wanted
-        local_records = {p: folder.finished[p] for p in folder.finished if p in wanted}
+        local_records = folder.finished_records(wanted)
         stems = job_stems(manifest, folder, latest, state, finished)
         keep = [i for i, p in enumerate(paths) if p not in finished]
         todo = manifest.take(pa.array(keep, pa.int64())).append_column(
@@ -448,7 +463,8 @@ def run_job(
         pool = (0, 0)
         try:
             if todo.num_rows:
-                with _quiet_ray(state / "ray.log"), ray_session(options.address):
+                log = folder.out.open_append(f"{LEDGER}/ray.log")
+                with log, _quiet_ray(log), ray_session(options.address):
                     pool = check_resources(
                         ray.cluster_resources(),
                         workers=options.workers,
@@ -510,6 +526,12 @@ def run_job(
         out_dir, summary, options, model_sha256=model_sha256(config.model), versions=_versions()
     )
     return summary
+
+
+def _state_folders(out: Confined) -> None:
+    """The job's state folders, made inside OUT (a link in their place is refused)."""
+    for name in (LEDGER, f"{LEDGER}/inflight", f"{LEDGER}/crashes", f"{LEDGER}/{PARTS}"):
+        out.mkdir(name)
 
 
 def _absolute_model(model: str | bytes) -> str | bytes:

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import ExplainerConfig
+from ..confined import Confined
 from ..errors import ConfigError, ImageError, OnnxCamError
 from ..explain import Explainer
 from ..images import HEADER_BYTES, decode_image
-from ..render import write_thumbnails
 from ..result import Result
 from ..targets import TargetLike, parse_target
 from .ledger import CrashLedger
@@ -141,8 +141,8 @@ class ExplainWorker:
         self.settings = settings
         self.target = target
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-        self.out_dir = Path(settings.out_dir)
-        self.ledger = CrashLedger(self.out_dir / LEDGER)
+        self.out = Confined(Path(settings.out_dir))
+        self.ledger = CrashLedger(self.out.root / LEDGER)
 
     def __call__(self, batch: pa.Table | Mapping[str, Sequence[Any]]) -> pa.Table:
         rows = _rows(batch)
@@ -227,13 +227,9 @@ class ExplainWorker:
         settings = self.settings
         try:
             result.save(
-                self.out_dir, stem=row.stem, alpha=settings.alpha, emphasize=settings.emphasize
-            )
-            if settings.thumbnails:
-                write_thumbnails(
-                    self.out_dir, row.stem, result.image, result.saliency, alpha=settings.alpha,
-                    marks=result.targets[0].marks(),
-                )  # fmt: skip
+                self.out, stem=row.stem, alpha=settings.alpha, emphasize=settings.emphasize,
+                thumbnails=settings.thumbnails,
+            )  # fmt: skip
         except OnnxCamError as exc:
             return _error(row, exc)
         return ok_line(result.to_record(stem=row.stem, emphasized=settings.emphasize is not None))
