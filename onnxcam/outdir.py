@@ -60,6 +60,10 @@ LOCK_NAME = ".onnxcam.lock"
 #: Each image's names, noted when claimed and before its files are written (see ``claim``).
 PENDING = ".onnxcam-pending.jsonl"
 CLAIMED = "claimed"
+#: The naming rule's version, in every run's fingerprint: a rule that renames outputs must not
+#: resume a folder named by the old one (it would make duplicates). 2: too long names are
+#: shortened; a job's URI rows mirror below their own common prefix, not the local rows'.
+NAMING = 2
 NAME_MAX = 255  # bytes in one file name, on every common file system
 
 

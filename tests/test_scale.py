@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +316,45 @@ def test_a_detector_gives_a_local_runs_files(tmp_path):
     for name, data in local.items():
         if not name.endswith(".json"):  # records differ in their timings only
             assert worker[name] == data, name
+
+
+def test_one_image_named_two_ways_is_listed_twice_and_uri_rows_move_no_local_names(tmp_path):
+    with pytest.raises(ConfigError, match=r"'./x.png' is listed twice \(rows 1 and 2, as 'x.png'"):
+        from_paths(["x.png", "./x.png"], base=str(tmp_path))
+    with pytest.raises(ConfigError, match="listed twice"):
+        from_paths(["s3://b/d/x.png", "s3://b/d/./x.png"])
+    local = [str(tmp_path / "in" / n) for n in ("a.png", "sub/b.png")]
+    alone = assign_stems(local)
+    assert alone == ["a", "sub/b"]
+    assert assign_stems([*local, "s3://bucket/imgs/c.png"]) == [*alone, "c"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_or_a_device_row_is_an_error_not_a_hang(tmp_path):
+    from onnxcam.errors import ImageError
+    from onnxcam.scale.manifest import read_bytes
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    done = []
+    thread = threading.Thread(target=lambda: done.append(_refusal(read_bytes, fifo)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if not done:
+        with open(fifo, "wb"):  # unblock the reader before failing
+            pass
+        pytest.fail("reading a FIFO row blocked")
+    assert isinstance(done[0], ImageError) and "not a regular file" in str(done[0])
+    zero = _refusal(read_bytes, Path("/dev/zero"))
+    assert isinstance(zero, ImageError), zero
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 2000)
+    assert "larger than" in str(_refusal(read_bytes, big, limit=1000))
+
+
+def _refusal(read_bytes, path: Path, limit: int = 1 << 20) -> BaseException | None:
+    try:
+        read_bytes(path.as_uri(), max_bytes=limit)
+    except Exception as exc:
+        return exc
+    return None

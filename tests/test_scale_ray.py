@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -234,3 +235,42 @@ def test_a_stall_is_reported_and_stops_the_job(cluster, tmp_path):
     assert any(r.stalled and "waiting for resources" in r.stalled for r in reports)
     table = pq.read_table(tmp_path / "out" / "results.parquet")
     assert table.column("status").to_pylist() == ["lost"] * 4
+
+
+def test_a_fifo_row_and_a_hostile_folder_stop_nothing_and_touch_nothing_outside(cluster, tmp_path):
+    """A ``file://`` FIFO row (and ``/dev/zero``) is that row's error, not a stalled job; a
+    folder of links and hostile records is written inside only, whatever it says."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("precious\n")
+    (outside / "thumbs").mkdir()
+    paths = write_shapes(tmp_path / "data", 3, split=False)
+    fifo = tmp_path / "data" / "pipe.png"
+    os.mkfifo(fifo)
+    rows = ["path"] + [p.as_uri() for p in paths] + [fifo.as_uri(), "file:///dev/zero"]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thumbs").symlink_to(outside / "thumbs")
+    (out / "summary.json").symlink_to(outside / "victim.txt")
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    _, output = explain(tmp_path / "list.csv", "-o", out, "--engine", "ray")
+    assert "Traceback" not in output
+    table = {r["path"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert [table[p.as_uri()]["status"] for p in paths] == ["error"] * 3  # thumbs/ is a link
+    assert "symbolic link" in table[paths[0].as_uri()]["error"]
+    assert (
+        table[fifo.as_uri()]["status"] == "error"
+        and "regular file" in table[fifo.as_uri()]["error"]
+    )
+    assert table["file:///dev/zero"]["status"] == "error"
+    (out / "thumbs").unlink()  # without the link, a rerun explains them; hostile records stay
+    with open(out / "results.jsonl", "a") as handle:
+        handle.write(
+            json.dumps({"status": "ok", "source": "g", "files": {"json": "../outside/victim.txt"}})
+            + "\n"
+        )
+    _, output = explain(tmp_path / "list.csv", "-o", out, "--engine", "ray", "--overwrite")
+    table = {r["path"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert [table[p.as_uri()]["status"] for p in paths] == ["ok"] * 3, output
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before

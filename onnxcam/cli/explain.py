@@ -14,7 +14,7 @@ from ..config import model_sha256
 from ..errors import OnnxCamError, OutputError
 from ..explain import Explainer
 from ..methods import METHODS
-from ..outdir import OutputFolder, relative_stems
+from ..outdir import NAMING, OutputFolder, relative_stems
 from ..records import RecordCounts
 from ..render import report_files
 from ..render.report import write_report
@@ -75,6 +75,7 @@ def run_settings(
         "fp16": config.fp16,
         "alpha": alpha,
         "onnxcam_version": version(),
+        "naming": NAMING,
     }
 
 

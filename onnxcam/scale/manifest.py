@@ -59,7 +59,8 @@ def location_key(location: str) -> PurePath:
     resolve, URIs as ``/scheme:/host/key``."""
     if is_uri(location):
         parts = urlsplit(location)
-        return PurePosixPath("/", f"{parts.scheme}:", parts.netloc or "_", parts.path.lstrip("/"))
+        key = posixpath.normpath("/" + parts.path.lstrip("/")).lstrip("/")
+        return PurePosixPath("/", f"{parts.scheme}:", parts.netloc or "_", key)
     return PurePath(os.path.realpath(location))
 
 
@@ -84,20 +85,26 @@ def from_paths(
     Raises:
         ConfigError: an empty path, or a path listed twice.
     """
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
+    locations = []
     for row, path in enumerate(paths, 1):
         if not path:
             raise ConfigError(f"row {row} has an empty path; every row needs an image path")
-        if path in seen:
+        location = _locate(path, base)
+        key = str(location_key(location))  # x.png and ./x.png are one image
+        if key in seen:
+            first, named = seen[key]
             raise ConfigError(
-                f"'{path}' is listed twice (rows {seen[path]} and {row}); list each image once"
+                f"'{path}' is listed twice (rows {first} and {row}"
+                f"{'' if named == path else f', as {named!r}'}); list each image once"
             )
-        seen[path] = row
+        seen[key] = (row, path)
+        locations.append(location)
     none = [None] * len(paths)
     return pa.table(
         {
             "path": pa.array(list(paths), pa.string()),
-            "location": pa.array([_locate(p, base) for p in paths], pa.string()),
+            "location": pa.array(locations, pa.string()),
             "target": pa.array(list(targets) if targets is not None else none, pa.string()),
             "label": pa.array(list(labels) if labels is not None else none, pa.string()),
         }

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..outdir import OutputFolder, natural_stems, unique_stems
 from ..render import write_atomic
-from .manifest import location_key
+from .manifest import is_uri, location_key
 
 __all__ = ["RESERVED", "assign_stems", "blocked_stems", "job_stems"]
 
@@ -52,11 +52,25 @@ def blocked_stems(files: Iterable[str]) -> set[str]:
     return blocked
 
 
+def _mirrored(locations: Sequence[str]) -> list[str]:
+    """Mirrored stems, local files below the local files' common folder and objects below
+    the objects' common prefix, so one URI row does not move every local row's outputs."""
+    groups: dict[bool, list[int]] = {}
+    for i, location in enumerate(locations):
+        groups.setdefault(is_uri(location), []).append(i)
+    natural = [""] * len(locations)
+    for members in groups.values():
+        keys = [location_key(locations[i]) for i in members]
+        for i, stem in zip(members, natural_stems(keys), strict=True):
+            natural[i] = stem
+    return natural
+
+
 def assign_stems(locations: Sequence[str], *, blocked: Iterable[str] = ()) -> list[str]:
     """One stem per location: mirrored as a local run mirrors them; a blocked stem, or the
     stem ``x`` of an image when another image is called ``x_t0`` (several targets of ``x``
     would write ``x_t0.npy``), takes the next free ``x_2``, ``x_3``, ..."""
-    natural = natural_stems([location_key(loc) for loc in locations])
+    natural = _mirrored(locations)
     present = set(natural)
     avoid = set(blocked) | RESERVED
     for stem in natural:
