@@ -136,7 +136,7 @@ def _skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
 
 
 def _fold_constant_aliases(model: onnx.ModelProto, stripped: set[str]) -> onnx.ModelProto:
-    """A copy where Identity and Cast nodes of (small) constants are Constant nodes themselves.
+    """A copy where Identity and Cast nodes of constants (not ``stripped``) are Constant nodes.
 
     Shape inference cannot see through them (paddle2onnx writes ``Constant -> Identity``
     as the shape of every Reshape), and then loses every shape after the first one.
@@ -185,10 +185,12 @@ class GraphIndex:
     Args:
         model: the model; it is read, never changed. The index holds a copy without the data
             of large tensors (``stripped``), on which shapes are inferred.
+        weights: keep the data of every tensor, so that :meth:`constant` reads weights too
+            (for a small model, such as a head).
     """
 
-    def __init__(self, model: onnx.ModelProto) -> None:
-        skeleton, self.stripped = _skeleton(model)
+    def __init__(self, model: onnx.ModelProto, *, weights: bool = False) -> None:
+        skeleton, self.stripped = (model, set()) if weights else _skeleton(model)
         self.model = _infer(_fold_constant_aliases(skeleton, self.stripped))
         graph = self.model.graph
         self.nodes = list(graph.node)
@@ -290,7 +292,7 @@ class GraphIndex:
 
     def constant(self, tensor: str) -> np.ndarray | None:
         """The value of an initializer or Constant-node output (small ones: shapes, axes,
-        scales; the index holds no weights), else None."""
+        scales; weights only in an index built with ``weights``), else None."""
         if tensor in self.stripped:
             return None
         if tensor in self.initializers:

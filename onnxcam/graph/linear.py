@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import ConfigError
 from .head import Head
-from .index import _dims
+from .index import GraphIndex, _dims
 
 _POOL_ALIASES = {"Identity", "Dropout", "Cast"}
 _VECTOR_OPS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
@@ -87,20 +86,13 @@ def linear_head(head: Head, *, layout: str = "NCHW") -> LinearHead:
     if len(head.cuts) != 1:
         raise ConfigError("a linear head is read for one node; several were given")
     graph = head.model.graph
+    index = GraphIndex(head.model, weights=True)
     producer = {name: node for node in graph.node for name in node.output if name}
-    weights = {init.name: init for init in graph.initializer}
     start = head.feeds[head.cuts[0]]
 
     def constant(name: str) -> np.ndarray | None:
-        if name in weights:
-            return numpy_helper.to_array(weights[name]).astype(np.float64)
-        node = producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            return None if value is None else numpy_helper.to_array(value).astype(np.float64)
-        if node is not None and node.op_type in ("Identity", "Cast") and node.input:
-            return constant(node.input[0])
-        return None
+        value = index.constant(name)  # through Identity and Cast, which the index folds
+        return None if value is None else value.astype(np.float64)
 
     def named(node: onnx.NodeProto) -> str:
         return f"{node.op_type} '{node.name}'" if node.name else node.op_type
@@ -169,12 +161,9 @@ def linear_head(head: Head, *, layout: str = "NCHW") -> LinearHead:
             raise fail("no global average pooling of the node's map")
         pooled = node.op_type == "GlobalAveragePool"
         if node.op_type == "ReduceMean":
-            axes = attr(node, "axes", None)
-            if axes is None and len(node.input) > 1 and node.input[1]:
-                found = constant(node.input[1])
-                axes = None if found is None else [int(a) for a in found.reshape(-1)]
+            axes = index.reduce_axes(node)
             spatial = {2, 3} if layout == "NCHW" else {1, 2}
-            pooled = axes is not None and {int(a) % 4 for a in axes} == spatial
+            pooled = axes is not None and {a % 4 for a in axes} == spatial
         if not pooled:
             raise fail(f"{named(node)} is not a global average pooling")
         name = step(node, node.input[0])
