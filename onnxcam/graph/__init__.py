@@ -13,7 +13,6 @@ caller's proto and file are never modified. One job a module:
 """
 
 from .choose import (
-    DETECTOR_SCALES,
     AutoChoice,
     auto_candidate,
     auto_choice,
@@ -36,7 +35,6 @@ from .rewrite import (
 )
 
 __all__ = [
-    "DETECTOR_SCALES",
     "AutoChoice",
     "Candidate",
     "Dim",

@@ -74,12 +74,6 @@ class AutoChoice:
 _SPLITTING_OPS = ("Split", "Slice", "Identity", "Transpose", "Reshape")
 
 
-#: ``--node auto`` on a detector: the maps at the start of every scale's head (``all``), or
-#: only the finest scale's (``finest``). Chosen by the localisation measured on the shipped
-#: detector (BENCHMARKS.md, "Which node for a detector").
-DETECTOR_SCALES = "all"
-
-
 def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
     """The maps where a detector's head begins, one per scale, finest first.
 
@@ -90,7 +84,8 @@ def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
     width), the head begins at the last map of that scale of which every end of the scale is
     a descendant: the neck's output that the box and class branches share (YOLOv8's
     ``cv2``/``cv3``, YOLOv5's ``m.i`` input). A scale whose ends share no such map keeps its
-    end.
+    end. Every scale's map is picked, not only the finest: together they localise best on the
+    shipped detector (README, "Detectors and segmenters").
 
     Raises:
         NodeError: no spatial map leads to the outputs.
@@ -136,7 +131,7 @@ def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
 
     picked.sort(key=area, reverse=True)
     names = ", ".join(f"'{c.label}' {fmt_shape(c.shape)}" for c in picked)
-    if DETECTOR_SCALES == "finest" or len(picked) == 1:
+    if len(picked) == 1:
         return AutoChoice(
             picked[0],
             f"the map where the finest scale's detection head begins (scales: {names})",
