@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from .errors import OutputError
 
-__all__ = ["PART_PREFIX", "Confined", "confined_name", "is_part_name"]
+__all__ = ["PART_PREFIX", "Confined", "confined_name", "is_confined", "is_part_name"]
 
 #: Temporary files are ``.onnxcam-<12 hex>.part``: short (a long final name never makes the
 #: temporary one too long) and recognisable (a cleanup never takes a user's own ``.x.part``).
@@ -40,17 +40,19 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def confined_name(name: object) -> PurePosixPath | None:
-    """``name`` as a relative path that stays inside the folder it is read against, or None
-    (not a string, absolute, ``//host``, a drive, ``..``, ``.``, empty parts, NUL, ``\\``)."""
+def is_confined(name: object) -> bool:
+    """``name`` is a relative path that stays inside the folder it is read against (a string,
+    not absolute, no ``//host``, drive, ``..``, ``.``, empty part, NUL or ``\\``)."""
     if not isinstance(name, str) or not name or "\0" in name or "\\" in name:
-        return None
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return None
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return None
-    return PurePosixPath(*parts)
+        return False
+    if name[0] == "/" or (len(name) > 1 and name[1] == ":"):
+        return False
+    return not any(part in ("", ".", "..") for part in name.split("/"))
+
+
+def confined_name(name: object) -> PurePosixPath | None:
+    """``name`` as a relative path when :func:`is_confined`, else None."""
+    return PurePosixPath(name) if is_confined(name) else None  # type: ignore[arg-type]
 
 
 def is_part_name(name: str) -> bool:

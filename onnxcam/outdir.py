@@ -194,7 +194,7 @@ class OutputFolder:
         self.finished: dict[str, tuple[str, ...]] = {}
         self.skipped = RecordCounts()
         self._protected: set[Path] = set()
-        self._written: set[Path] = set()
+        self._written: set[str] = set()  # names inside the folder (a million Paths weigh)
         self._lock: int | None = None
         self._results: Any = None
         self._pending: Any = None
@@ -284,35 +284,39 @@ class OutputFolder:
                 f"({_difference(before.get('settings'), self.settings)}); use --overwrite to "
                 "replace them, or a fresh -o"
             )
-        inputs = {p.resolve() for p in self.inputs}
-        ours: set[str] = set()
-        for record in _records(out, self.skipped):
-            names = files_of(record)
-            ours.update(names)
-            done = record["status"] == "ok" and names
-            if done and not self.overwrite and all(out.is_file(n) for n in names):
-                self.finished[record["source"]] = tuple(names)
-            elif record["source"] in self.finished and record["status"] == "ok":
-                del self.finished[record["source"]]  # redone since, and not complete
-        ours |= _pending_names(out)
         for part in out.files():  # left by a run killed mid-write
             if is_part_name(part.name):
                 out.unlink(part)
+        inputs = {p.resolve() for p in self.inputs}
+        # What is here decides everything below, and is known from one walk of the folder:
+        # the records (maybe millions, maybe hostile) are streamed past it, not held.
+        present = {name.as_posix() for name in out.files(links=True)}  # a user's link too
+        regular = {name.as_posix() for name in out.files()}
+        ours: set[str] = set()
+        for record in _records(out, self.skipped):
+            names = files_of(record)
+            ours.update(n for n in names if n in present)
+            complete = record["status"] == "ok" and names and all(n in regular for n in names)
+            if complete and not self.overwrite:
+                self.finished[record["source"]] = tuple(names)
+            elif record["source"] in self.finished and record["status"] == "ok":
+                del self.finished[record["source"]]  # redone since, and not complete
+        ours |= _pending_names(out) & present
         if self.overwrite:
             for name in ours:
                 if name.endswith(OUTPUT_SUFFIXES) and out.root / name not in inputs:
                     out.unlink(name)
             out.unlink(RESULTS)
             out.unlink(PENDING)
-        self._protected = set(inputs)
-        reported = recorded_files(self.path)  # the report's pictures are ours to redo too
+            present -= ours
+        # the report's pictures are ours to redo too
+        reported = set(report_names(self.path)) | {n for n in present if n.startswith(f"{THUMBS}/")}
         own = {LOCK_NAME, MANIFEST, RESULTS, PENDING}
-        for found in out.files(links=True):  # a user's link is theirs too
-            path, relative = out.root / found, found.as_posix()
-            if relative not in ours and relative not in own and path not in reported:
-                self._protected.add(path)
+        self._protected = set(inputs) | {
+            out.root / name for name in present - ours - own - reported
+        }
         for files in self.finished.values():
-            self._written |= {out.root / n for n in files}
+            self._written.update(files)
         manifest = {"fingerprint": self.fingerprint, "settings": self.settings}
         out.write(MANIFEST, (to_json(manifest, indent=2) + "\n").encode())
         self._results = out.open_append(RESULTS)
@@ -358,9 +362,10 @@ class OutputFolder:
         n = 1
         chosen = base
         while True:
-            paths = {self.out.root / self.out.name(name) for name in names(chosen)}
-            if not paths & (self._protected | self._written):
-                self._written |= paths
+            wanted = {self.out.name(name).as_posix() for name in names(chosen)}
+            paths = {self.out.root / name for name in wanted}
+            if not paths & self._protected and not wanted & self._written:
+                self._written |= wanted
                 break
             n += 1
             chosen = f"{base}_{n}"

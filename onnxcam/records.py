@@ -4,7 +4,7 @@ The lines may have been written by another run, another version, or someone with
 line is read at most :data:`MAX_RECORD_BYTES` at a time (a longer one is skipped without being
 held in memory), parsed, and checked: an object with ``status`` ``ok`` or ``error`` and a string
 ``source``; ``files`` (and each target's ``files``) a mapping of kinds to names that stay inside
-the output folder (:func:`onnxcam.confined.confined_name`); ``targets`` a list of objects. What
+the output folder (:func:`onnxcam.confined.is_confined`); ``targets`` a list of objects. What
 does not validate is skipped and counted, so a caller can say how many.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .confined import confined_name
+from .confined import is_confined
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -57,7 +57,7 @@ class RecordCounts:
 
 def _names_ok(files: Any) -> bool:
     return isinstance(files, dict) and all(
-        isinstance(kind, str) and confined_name(name) is not None for kind, name in files.items()
+        isinstance(kind, str) and is_confined(name) for kind, name in files.items()
     )
 
 

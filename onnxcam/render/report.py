@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
-from ..confined import Confined, confined_name
+from ..confined import Confined, is_confined
 from ..errors import ImageError, OutputError
 from ..images import decode_image
 from ..records import MAX_RECORD_BYTES, RecordCounts, iter_records
@@ -89,6 +89,7 @@ def write_thumbnails(
 TEXT_CAP = 300
 _PICTURE_BYTES = 64 << 20  # an overlay or thumbnail read back is a PNG/JPEG of an image
 _CLASS_CAP = 1000  # classes offered in the filter
+FAILURES_SHOWN = 10_000  # failures listed on the page (all are in results.jsonl)
 
 
 def _settings(out: Confined) -> dict[str, Any]:
@@ -120,10 +121,11 @@ class _Records:
         with handle:
             yield from iter_records(handle, counts)
 
-    def latest(self, status: str) -> Iterator[dict[str, Any]]:
-        """Each image's last record, if its status is ``status``, in the file's order."""
+    def latest(self, *statuses: str) -> Iterator[dict[str, Any]]:
+        """Each image's last record, if its status is one of ``statuses``, in the file's
+        order."""
         for i, record in enumerate(self._all()):
-            if record["status"] == status and self._last.get(record["source"]) == i:
+            if record["status"] in statuses and self._last.get(record["source"]) == i:
                 yield record
 
 
@@ -141,6 +143,7 @@ class _Files:
 
     def __init__(self, out: Confined) -> None:
         self.out = out
+        self._root = str(out.root)
         self._folders: dict[str, bool] = {"": True}
         self.pictures = {n.as_posix() for n in out.files(THUMBS)}
 
@@ -154,16 +157,14 @@ class _Files:
         return known
 
     def linkable(self, name: Any) -> bool:
-        checked = confined_name(name)
-        if checked is None:
+        if not is_confined(name):
             return False
         if name in self.pictures:
             return True
-        parent = checked.parent.as_posix()
-        if not self._folder_ok("" if parent == "." else parent):
+        if not self._folder_ok(name.rpartition("/")[0]):
             return False
         try:
-            return stat.S_ISREG(os.lstat(self.out.root / checked).st_mode)
+            return stat.S_ISREG(os.lstat(os.path.join(self._root, name)).st_mode)
         except OSError:
             return False
 
@@ -299,13 +300,19 @@ class _Summary:
     first: Mapping[str, Any] | None = None
     classes: set[str] = field(default_factory=set)
     sheet: list[tuple[str, str]] = field(default_factory=list)  # (thumbnail, caption)
+    failures: list[str] = field(default_factory=list)  # the first failures' list items
 
 
 def _summary(records: _Records, files: _Files) -> _Summary:
     """One pass over the finished images: counts, time, classes, the sheet's pictures; the
     missing thumbnails are made on the way."""
     summary = _Summary()
-    for record in records.latest("ok"):
+    for record in records.latest("ok", "error"):
+        if record["status"] == "error":
+            summary.failed += 1
+            if len(summary.failures) < FAILURES_SHOWN:
+                summary.failures.append(_failure(record))
+            continue
         _ensure_thumbnail(files, record)
         summary.done += 1
         summary.first = summary.first or record
@@ -324,9 +331,14 @@ def _summary(records: _Records, files: _Files) -> _Summary:
                 label = first.get("label") or first.get("class_index") or first.get("kind", "")
                 name = Path(record["source"]).name
                 summary.sheet.append((thumb, f"{name} {_text(label)} {_score(first.get('score'))}"))
-    for _ in records.latest("error"):
-        summary.failed += 1
     return summary
+
+
+def _failure(record: Mapping[str, Any]) -> str:
+    return (
+        f"<li><code>{_e(record['source'])}</code>: {_e(record.get('error_type', 'Error'))}: "
+        f"{_e(record.get('error', ''))}</li>"
+    )
 
 
 def _write_sheet(out: Confined, pictures: Sequence[tuple[str, str]], name: str) -> None:
@@ -486,11 +498,9 @@ def _page(
     for i, record in enumerate(records.latest("ok")):
         put(_detail(files, i, record))
     put(f'</section>\n<section id="failures"><h2>Failed ({summary.failed})</h2><ul>')
-    for record in records.latest("error"):
-        put(
-            f"<li><code>{_e(record['source'])}</code>: {_e(record.get('error_type', 'Error'))}: "
-            f"{_e(record.get('error', ''))}</li>"
-        )
+    put("".join(summary.failures))
+    if summary.failed > len(summary.failures):
+        put(f"<li>… and {summary.failed - len(summary.failures)} more in results.jsonl</li>")
     put(f"""</ul></section>
 <footer>made by onnxcam; every link is relative to this folder.</footer>
 <script>{_JS}</script>
