@@ -20,8 +20,9 @@ __all__ = [
     "expand_masks",
     "interp_matrix",
     "minmax",
-    "resize_map",
     "saliency_map",
+    "sigmoid",
+    "softmax",
     "stack_maps",
     "upsample",
 ]
@@ -160,14 +161,6 @@ def as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(values.astype(dtype))
 
 
-def resize_map(saliency: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A map at input resolution resized to the image's (H, W), bilinear, clipped to [0, 1]."""
-    resized = cv2.resize(
-        saliency.astype(np.float32, copy=False), (width, height), interpolation=cv2.INTER_LINEAR
-    )
-    return np.clip(resized, 0.0, 1.0, out=resized)
-
-
 def stack_maps(maps: list[np.ndarray]) -> np.ndarray:
     """Channel maps of several nodes, (K_i, h_i, w_i) each, as one (sum K_i, h, w) stack on
     the finest grid (bilinear, :func:`upsample`); one map is returned as it is."""
@@ -178,3 +171,21 @@ def stack_maps(maps: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(
         [m if m.shape[1:] == (h, w) else upsample(m.astype(np.float32), (h, w)) for m in maps]
     )
+
+
+def softmax(rows: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Softmax along ``axis`` in float64, stable for large values."""
+    z = rows.astype(np.float64)
+    z = np.exp(z - z.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """Logistic function in float64, without overflow warnings."""
+    z = values.astype(np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    e = np.exp(z[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out

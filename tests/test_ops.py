@@ -51,11 +51,3 @@ def test_blend_takes_finish_where_true_in_both_layouts():
     assert out.shape == (2, 2, 3, 3) and out.sum() == 2.0 and out[1, :, 0, 0].tolist() == [1, 1]
     nhwc = ops.blend(start.transpose(0, 2, 3, 1), finish.transpose(0, 2, 3, 1), taken, "NHWC")
     np.testing.assert_array_equal(nhwc.transpose(0, 3, 1, 2), out)
-
-
-def test_resize_map_matches_opencv_and_clips():
-    sal = np.random.default_rng(3).uniform(size=(8, 8)).astype(np.float32)
-    out = ops.resize_map(sal, 5, 11)
-    ref = cv2.resize(sal, (11, 5), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-6)
-    assert out.shape == (5, 11) and out.dtype == np.float32

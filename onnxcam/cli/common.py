@@ -109,18 +109,6 @@ def collect_images(paths: Iterable[Path], *, exclude: Path | None = None) -> lis
     return found
 
 
-def stems(images: list[Path]) -> list[str]:
-    """Output names: the file stem, made unique when two inputs share one."""
-    used: dict[str, int] = {}
-    names = []
-    for image in images:
-        stem = image.stem or "image"
-        count = used.get(stem, 0)
-        used[stem] = count + 1
-        names.append(stem if count == 0 else f"{stem}_{count + 1}")
-    return names
-
-
 size_option = click.option(
     "--size", callback=_size, help="Input size HxW (224 or 224x320) when the model's is dynamic."
 )

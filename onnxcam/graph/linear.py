@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from ..errors import ConfigError
+from ..ops import sigmoid, softmax
 from .head import Head
 from .index import GraphIndex, _dims
 
@@ -62,10 +63,9 @@ class LinearHead:
             head = self.outputs[name]
             values = rows @ head.weight.T + head.bias
             if head.activation == "softmax":
-                values = np.exp(values - values.max(axis=1, keepdims=True))
-                values /= values.sum(axis=1, keepdims=True)
+                values = softmax(values)
             elif head.activation == "sigmoid":
-                values = 1.0 / (1.0 + np.exp(-values))
+                values = sigmoid(values)
             out[name] = values.astype(np.float32).reshape(len(rows), *head.shape)
         return out
 

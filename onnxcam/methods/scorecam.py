@@ -31,7 +31,6 @@ __all__ = [
     "ScoreCamOptions",
     "channel_weights",
     "combine",
-    "compat_name",
     "distinct_channels",
     "fidelity",
     "iter_masks",
@@ -120,12 +119,6 @@ COMPAT: dict[str, ScoreCamOptions] = {
         cam_eps=1e-8,
     ),
 }
-
-
-def compat_name(options: ScoreCamOptions) -> str:
-    """The preset the options come from (fast-mode settings aside), or ``custom``."""
-    core = replace(options, top_channels=None, rank="std")
-    return next((name for name, preset in COMPAT.items() if preset == core), "custom")
 
 
 def distinct_channels(

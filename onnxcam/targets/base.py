@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ConfigError, TargetError
 from ..geometry import Geometry
 from ..graph import Dim
+from ..ops import sigmoid, softmax
 
 __all__ = [
     "BindContext",
@@ -215,24 +216,6 @@ def _unknown_key(text: str, cls: type[TargetSpec], name: str) -> str:
     return (
         f"target '{text}': unknown key '{name}' for kind '{cls.kind}'; {hint}valid keys: {listed}"
     )
-
-
-def softmax(rows: np.ndarray, axis: int = 1) -> np.ndarray:
-    """Softmax along ``axis`` in float64, stable for large values."""
-    z = rows.astype(np.float64)
-    z = np.exp(z - z.max(axis=axis, keepdims=True))
-    return z / z.sum(axis=axis, keepdims=True)
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    """Logistic function in float64, without overflow warnings."""
-    z = values.astype(np.float64)
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    e = np.exp(z[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
 
 
 def is_distribution(rows: np.ndarray, *, tol: float = 1e-3) -> bool:
