@@ -100,3 +100,26 @@ def test_methods_refuse_options_they_do_not_take(model):
         Explainer(model, method="ablation", baseline="blur")
     with pytest.raises(ConfigError, match="takes RiseOptions, not ScoreCamOptions"):
         Explainer(model, method="rise", options=ScoreCamOptions())
+
+
+def test_a_budget_is_refused_by_every_method_that_would_ignore_it(tmp_path):
+    from click.testing import CliRunner
+    from conftest import build_tiny, tiny_weights
+
+    from onnxcam import Explainer
+    from onnxcam.cli import cli
+    from onnxcam.errors import ConfigError
+    from onnxcam.methods import METHODS
+
+    model = build_tiny(tmp_path / "m.onnx", tiny_weights())
+    for name, cls in METHODS.items():
+        if cls.takes_budget:
+            assert Explainer(model, method=name, budget_s=1.0).method.name == name
+            continue
+        with pytest.raises(ConfigError, match=f"method '{name}' takes no time budget"):
+            Explainer(model, method=name, budget_s=1.0)
+    result = CliRunner().invoke(
+        cli, ["explain", str(model), "x.png", "--method", "rise", "--budget", "1"]
+    )
+    assert result.exit_code != 0
+    assert "takes no time budget" in result.output and "Traceback" not in result.output

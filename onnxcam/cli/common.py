@@ -232,9 +232,11 @@ def open_explainer(
     ``strict``: refuse a method flag that ``method`` does not take; ``split_head``: split off
     the model's head for other methods that run on it."""
     settings = method_settings(method, options, strict=strict)
-    baseline = options["baseline"]
+    baseline, budget_s = options["baseline"], options["budget_s"]
     if not strict and not METHODS[method].takes_baseline:
         baseline = "none"
+    if not strict and not METHODS[method].takes_budget:
+        budget_s = None
     explainer = Explainer(
         model,
         node=options["node"],
@@ -253,7 +255,7 @@ def open_explainer(
         threads=options["threads"],
         device=options["device"],
         providers=options["providers"],
-        budget_s=options["budget_s"],
+        budget_s=budget_s,
         time_limit_s=options["time_limit_s"],
         fp16=options["fp16"],
         labels=options["labels_file"],

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import ops
+from ..errors import ConfigError
 from ..preprocess import InputSpec, Normalization
 
 __all__ = [
@@ -198,6 +199,7 @@ class Method(ABC):
             ``"probability"`` or ``"logit"``.
         detection_mode: how a detection target left at its default mode scores an object.
         class_specific: whether the map depends on the target at all.
+        takes_budget: whether a time budget (``budget_s``) means something to it.
         takes_baseline: whether ``baseline`` (the score subtracted from every masked score)
             means anything to the method.
         space: where its passes run: ``"input"`` (the model), ``"head"`` (the model after
@@ -211,6 +213,7 @@ class Method(ABC):
     detection_mode: ClassVar[str] = "iou"
     class_specific: ClassVar[bool] = True
     takes_baseline: ClassVar[bool] = False
+    takes_budget: ClassVar[bool] = False
     space: ClassVar[str] = "input"
     options_type: ClassVar[type] = Options
     presets: ClassVar[Mapping[str, Any]] = {"official": Options()}
@@ -248,8 +251,13 @@ class Method(ABC):
 
     @classmethod
     def from_settings(cls, *, options: Any, baseline: str, budget_s: float | None) -> Method:
-        """Build from the explainer's settings (checked by :func:`onnxcam.config.validate`;
-        a time budget means nothing to most methods, so it is accepted and ignored)."""
+        """Build from the explainer's settings (checked by :func:`onnxcam.config.validate`).
+
+        Raises:
+            ConfigError: a time budget, which this method would not honour.
+        """
+        if budget_s is not None and not cls.takes_budget:
+            raise ConfigError(f"method '{cls.name}' takes no time budget (--budget); scorecam does")
         return cls(options, baseline=baseline)
 
     def compat(self) -> str:

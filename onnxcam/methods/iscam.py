@@ -50,6 +50,7 @@ class ISCam(ScoreCam):
         "torchcam": IntegratedOptions(**asdict(COMPAT["torchcam"])),
     }
     settings: IntegratedOptions
+    takes_budget = False  # every mask runs several times: no best-first order
 
     def repeats(self) -> int:
         return self.settings.samples

@@ -323,6 +323,7 @@ class ScoreCam(Method):
 
     name = "scorecam"
     takes_baseline = True
+    takes_budget = True
     options_type = ScoreCamOptions
     presets: ClassVar[Mapping[str, ScoreCamOptions]] = COMPAT
 

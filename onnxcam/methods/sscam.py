@@ -47,6 +47,7 @@ class SSCam(ScoreCam):
         "torchcam": SmoothOptions(**asdict(COMPAT["torchcam"])),
     }
     settings: SmoothOptions
+    takes_budget = False  # every mask runs several times: no best-first order
 
     def repeats(self) -> int:
         return self.settings.samples
