@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -158,6 +159,14 @@ def image() -> np.ndarray:
     img[4:10, 6:12] = 230
     img += rng.uniform(0, 20, img.shape)
     return img.astype(np.uint8)
+
+
+def write_png(path: Path, seed: int, side: int = SIZE) -> Path:
+    """A random RGB PNG of ``side`` pixels at ``path`` (its folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 255, (side, side, 3), np.uint8)
+    assert cv2.imwrite(str(path), rgb)
+    return path
 
 
 REAL_MODEL = ROOT / "models" / "efficientnet_lite0.onnx"

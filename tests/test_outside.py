@@ -13,11 +13,9 @@ import textwrap
 import threading
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SIZE, build_tiny, tiny_weights
+from conftest import build_tiny, tiny_weights, write_png
 
 from onnxcam.cli import cli
 from onnxcam.confined import Confined, confined_name
@@ -27,13 +25,6 @@ from onnxcam.records import MAX_RECORD_BYTES, RecordCounts, iter_records
 from onnxcam.render import build_report
 
 HAS_FIFO = hasattr(os, "mkfifo")
-
-
-def png(path: Path, seed: int, side: int = SIZE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.random.default_rng(seed).integers(0, 255, (side, side, 3), np.uint8)
-    assert cv2.imwrite(str(path), rgb)
-    return path
 
 
 @pytest.fixture
@@ -63,7 +54,7 @@ def outside(tmp_path: Path) -> Path:
     folder = tmp_path / "outside"
     folder.mkdir()
     (folder / "victim.txt").write_text("precious\n")
-    png(folder / "photo.png", 7, side=400)
+    write_png(folder / "photo.png", 7, side=400)
     (folder / "sub").mkdir()
     (folder / "sub" / "x.json").write_text("{}\n")
     return folder
@@ -106,7 +97,7 @@ def test_names_that_leave_the_folder_are_refused():
 def test_overwrite_deletes_only_what_the_records_name_inside_out(tmp_path, model, outside):
     before = snapshot(outside)
     inputs = tmp_path / "in"
-    png(inputs / "a.png", 1)
+    write_png(inputs / "a.png", 1)
     out = tmp_path / "out"
     code, text = explain(model, inputs, "-o", out)
     assert code == 0, text
@@ -123,8 +114,8 @@ def test_overwrite_deletes_only_what_the_records_name_inside_out(tmp_path, model
 def test_report_writes_and_reads_nothing_outside_out(tmp_path, model, outside, monkeypatch):
     before = snapshot(outside)
     inputs = tmp_path / "in"
-    png(inputs / "a.png", 1)
-    png(inputs / "b.png", 2)
+    write_png(inputs / "a.png", 1)
+    write_png(inputs / "b.png", 2)
     out = tmp_path / "deep" / "out"
     code, text = explain(model, inputs, "-o", out)
     assert code == 0, text
@@ -149,7 +140,7 @@ def test_report_writes_and_reads_nothing_outside_out(tmp_path, model, outside, m
 @pytest.mark.skipif(not HAS_FIFO, reason="no FIFOs on this platform")
 def test_a_fifo_named_as_an_overlay_does_not_hang_the_report(tmp_path, model):
     inputs = tmp_path / "in"
-    png(inputs / "a.png", 1, side=300)
+    write_png(inputs / "a.png", 1, side=300)
     out = tmp_path / "out"
     assert explain(model, inputs, "-o", out, "--no-report")[0] == 0
     os.mkfifo(out / "f_overlay.png")
@@ -170,8 +161,8 @@ def test_a_fifo_named_as_an_overlay_does_not_hang_the_report(tmp_path, model):
 def test_links_inside_out_are_never_followed(tmp_path, model, outside):
     before = snapshot(outside)
     inputs = tmp_path / "in"
-    png(inputs / "sub" / "a.png", 1, side=300)
-    png(inputs / "b.png", 2, side=300)
+    write_png(inputs / "sub" / "a.png", 1, side=300)
+    write_png(inputs / "b.png", 2, side=300)
     out = tmp_path / "out"
     out.mkdir()
     (out / "thumbs").symlink_to(outside)  # thumbnails would overwrite the outside files
@@ -188,7 +179,7 @@ def test_links_inside_out_are_never_followed(tmp_path, model, outside):
 
 def test_results_jsonl_as_a_link_is_refused(tmp_path, model, outside):
     inputs = tmp_path / "in"
-    png(inputs / "a.png", 1)
+    write_png(inputs / "a.png", 1)
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.jsonl").symlink_to(outside / "victim.txt")
@@ -201,7 +192,7 @@ def test_results_jsonl_as_a_link_is_refused(tmp_path, model, outside):
 
 def test_stale_cleanup_takes_only_onnxcams_own_temporary_files(tmp_path, model):
     folder = tmp_path / "in"
-    png(folder / "a.png", 1)
+    write_png(folder / "a.png", 1)
     (folder / ".thesis.part").write_text("draft\n")
     (folder / "sub").mkdir()
     (folder / "sub" / ".notes.part").write_text("draft\n")
@@ -217,7 +208,7 @@ def test_a_long_file_name_fails_nothing(tmp_path, model):
     inputs = tmp_path / "in"
     names = ["a" * 245 + ".png", "b.png", "c" * 250 + ".png", "d.png"]
     for i, name in enumerate(names):
-        png(inputs / name, i)
+        write_png(inputs / name, i)
     out = tmp_path / "out"
     code, text = explain(model, inputs, "-o", out)
     assert code == 0, text
@@ -252,7 +243,7 @@ KILL_ON_SECOND_RECORD = textwrap.dedent(
 def test_a_kill_between_files_and_line_leaves_no_orphans_nor_fake_inputs(tmp_path, model):
     folder = tmp_path / "photos"
     for i in range(3):
-        png(folder / f"img{i}.png", i)
+        write_png(folder / f"img{i}.png", i)
     args = [str(model), str(folder), "-o", str(folder), "--preset", "unit"]
     killed = subprocess.run(
         [sys.executable, "-c", KILL_ON_SECOND_RECORD, "explain", *args],
@@ -284,7 +275,7 @@ def test_records_are_validated_streamed_and_counted(tmp_path, outside):
 
 def test_wrong_field_types_fail_no_command(tmp_path, model):
     inputs = tmp_path / "in"
-    png(inputs / "a.png", 1)
+    write_png(inputs / "a.png", 1)
     out = tmp_path / "out"
     assert explain(model, inputs, "-o", out)[0] == 0
     append_lines(out, {"status": "ok", "source": "a", "files": [1]},
@@ -317,7 +308,7 @@ def test_a_lock_on_a_file_unlinked_by_its_last_holder_is_not_taken(tmp_path, mon
 
 def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, model, monkeypatch):
     inputs = tmp_path / "in"
-    png(inputs / "a.png", 1)
+    write_png(inputs / "a.png", 1)
     out = tmp_path / "out"
 
     def full(fd):

@@ -11,24 +11,16 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SIZE, build_tiny, tiny_weights
+from conftest import SIZE, build_tiny, tiny_weights, write_png
 from onnx import TensorProto, helper
 
 from onnxcam import Explainer, NumericalError
 from onnxcam.cli import cli
 from onnxcam.outdir import OutputFolder, relative_stems
 from onnxcam.render import write_atomic
-
-
-def png(path: Path, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.random.default_rng(seed).integers(0, 255, (SIZE, SIZE, 3), np.uint8)
-    assert cv2.imwrite(str(path), rgb)
-    return path
 
 
 @pytest.fixture
@@ -48,7 +40,7 @@ def records(out: Path) -> list[dict]:
 def test_names_mirror_the_folders_and_never_collide(tmp_path, model):
     data = tmp_path / "data"
     names = ["a/x.png", "b/x.png", "c/x_2.png", "c/x.jpg", "c/x.bmp"]
-    paths = [png(data / name, i) for i, name in enumerate(names)]
+    paths = [write_png(data / name, i) for i, name in enumerate(names)]
     assert relative_stems(paths) == ["a/x", "b/x", "c/x_2", "c/x", "c/x_3"]
     out = tmp_path / "out"
     code, output = run(model, data, "-o", out)
@@ -64,14 +56,14 @@ def test_names_mirror_the_folders_and_never_collide(tmp_path, model):
 def test_a_rerun_continues_and_different_settings_are_refused(tmp_path, model):
     data = tmp_path / "data"
     for i in range(3):
-        png(data / f"img{i}.png", i)
+        write_png(data / f"img{i}.png", i)
     out = tmp_path / "out"
     assert run(model, data, "-o", out)[0] == 0
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}
     code, output = run(model, data, "-o", out)
     assert code == 0 and "3 already explained, skipped; --overwrite to redo" in output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")} == stamps
-    png(data / "img3.png", 3)
+    write_png(data / "img3.png", 3)
     code, output = run(model, data, "-o", out, "--resume")
     assert code == 0 and "3 already explained" in output and "img3.png" in output
     assert len(records(out)) == 4
@@ -89,7 +81,7 @@ def test_a_rerun_continues_and_different_settings_are_refused(tmp_path, model):
 def test_a_killed_run_resumes_from_its_last_complete_line(tmp_path, model):
     data = tmp_path / "data"
     for i in range(3):
-        png(data / f"img{i}.png", i)
+        write_png(data / f"img{i}.png", i)
     out = tmp_path / "out"
     assert run(model, data, "-o", out)[0] == 0
     lines = (out / "results.jsonl").read_text().splitlines()
@@ -113,8 +105,8 @@ def records_valid(out: Path) -> list[dict]:
 
 def test_outputs_are_never_taken_as_inputs(tmp_path, model):
     data = tmp_path / "data"
-    png(data / "a.png", 1)
-    png(data / "b.png", 2)
+    write_png(data / "a.png", 1)
+    write_png(data / "b.png", 2)
     for _ in range(3):  # -o inside the input folder
         code, output = run(model, data, "-o", data / "out")
         assert code == 0, output
@@ -127,8 +119,8 @@ def test_outputs_are_never_taken_as_inputs(tmp_path, model):
 
 def test_an_input_photo_is_never_overwritten(tmp_path, model):
     data = tmp_path / "data"
-    png(data / "x.png", 1)
-    photo = png(data / "x_overlay.png", 2)  # a user's photo, named like an output
+    write_png(data / "x.png", 1)
+    photo = write_png(data / "x_overlay.png", 2)  # a user's photo, named like an output
     before = photo.read_bytes()
     code, output = run(model, data, "-o", data)
     assert code == 0, output
@@ -139,7 +131,7 @@ def test_an_input_photo_is_never_overwritten(tmp_path, model):
 
 def test_one_writer_at_a_time_and_no_stale_lock(tmp_path, model):
     data = tmp_path / "data"
-    png(data / "a.png", 1)
+    write_png(data / "a.png", 1)
     out = tmp_path / "out"
     with OutputFolder(out, settings={}, inputs=[]):
         code, output = run(model, data, "-o", out)
@@ -170,7 +162,7 @@ def test_files_honour_the_umask_and_no_part_file_survives(tmp_path, monkeypatch)
 def test_sigkill_leaves_valid_json_lines(tmp_path, model):
     data = tmp_path / "data"
     for i in range(12):
-        png(data / f"img{i:02d}.png", i)
+        write_png(data / f"img{i:02d}.png", i)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "onnxcam.cli", "explain", str(model), str(data), "-o", str(out),
            "--preset", "unit", "--batch-size", "1"]  # fmt: skip
