@@ -16,7 +16,9 @@ import html
 import json
 import math
 import os
+import shutil
 import stat
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -282,12 +284,18 @@ def write_report(out_dir: Path) -> ReportSummary:
     settings = _settings(out)
     records = _Records(out)
     files = _Files(out)
-    summary = _summary(records, files)
     page_name, sheet_name = _free_names(out)
-    out.write(MARKER, json.dumps([page_name, sheet_name]).encode())
-    out.write(
-        page_name, lambda handle: _page(handle, records, files, settings, summary, sheet_name)
-    )
+    # the cards and details are made in the one pass that also counts what the header shows,
+    # into unnamed files inside OUT (gone when closed), then put together after the header
+    with (
+        tempfile.TemporaryFile(dir=out.root) as cards,
+        tempfile.TemporaryFile(dir=out.root) as details,
+    ):
+        summary = _summary(records, files, cards, details)
+        out.write(MARKER, json.dumps([page_name, sheet_name]).encode())
+        out.write(
+            page_name, lambda sink: _page(sink, cards, details, settings, summary, sheet_name)
+        )
     _write_sheet(out, summary.sheet, sheet_name)
     return ReportSummary(out.path(page_name), records.counts)
 
@@ -303,9 +311,10 @@ class _Summary:
     failures: list[str] = field(default_factory=list)  # the first failures' list items
 
 
-def _summary(records: _Records, files: _Files) -> _Summary:
-    """One pass over the finished images: counts, time, classes, the sheet's pictures; the
-    missing thumbnails are made on the way."""
+def _summary(records: _Records, files: _Files, cards: BinaryIO, details: BinaryIO) -> _Summary:
+    """One pass over the images: each finished one's card and detail written to ``cards`` and
+    ``details``; counts, time, classes, the sheet's pictures and the failures kept; the
+    missing thumbnails made on the way."""
     summary = _Summary()
     for record in records.latest("ok", "error"):
         if record["status"] == "error":
@@ -314,6 +323,8 @@ def _summary(records: _Records, files: _Files) -> _Summary:
                 summary.failures.append(_failure(record))
             continue
         _ensure_thumbnail(files, record)
+        cards.write(_card(files, summary.done, record).encode("utf-8", "surrogateescape"))
+        details.write(_detail(files, summary.done, record).encode("utf-8", "surrogateescape"))
         summary.done += 1
         summary.first = summary.first or record
         timings = record.get("timings")
@@ -465,13 +476,13 @@ def _detail(files: _Files, index: int, record: Mapping[str, Any]) -> str:
 
 def _page(
     handle: BinaryIO,
-    records: _Records,
-    files: _Files,
+    cards: BinaryIO,
+    details: BinaryIO,
     settings: Mapping[str, Any],
     summary: _Summary,
     sheet_name: str,
 ) -> None:
-    """The page, written part by part as the records stream by."""
+    """The page: the header, then the cards and details made by :func:`_summary`."""
 
     def put(text: str) -> None:
         handle.write(text.encode("utf-8", "surrogateescape"))
@@ -492,11 +503,11 @@ def _page(
 <span id="count">{summary.done} images</span> · <a href="{_href(sheet_name)}">contact sheet</a>
 · <a href="results.jsonl">results.jsonl</a></nav>
 <main id="sheet" class="grid">""")
-    for i, record in enumerate(records.latest("ok")):
-        put(_card(files, i, record))
+    cards.seek(0)
+    shutil.copyfileobj(cards, handle)
     put('</main>\n<section id="details"><h2>Images</h2>')
-    for i, record in enumerate(records.latest("ok")):
-        put(_detail(files, i, record))
+    details.seek(0)
+    shutil.copyfileobj(details, handle)
     put(f'</section>\n<section id="failures"><h2>Failed ({summary.failed})</h2><ul>')
     put("".join(summary.failures))
     if summary.failed > len(summary.failures):
