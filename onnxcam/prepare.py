@@ -4,6 +4,7 @@ the session opened (the head's session opens when a method first needs it)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
 import onnx
@@ -12,14 +13,14 @@ from . import graph, modelinfo
 from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
 from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
-from .methods import METHODS
+from .methods import METHODS, Method
 from .preprocess import InputSpec, Normalization
 from .runner import Stage
 from .runtime import Session, installed_runtimes
 from .targets import OutputInfo
 from .targets.detformats import YOLO_FORMATS
 
-__all__ = ["Prepared", "head_stage", "linear_stage", "prepare"]
+__all__ = ["Prepared", "Stages", "head_stage", "linear_stage", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,12 @@ def prepare(config: ExplainerConfig) -> Prepared:
     if head is not None and batch_dim is not None and fixed is None:  # freed: the head too
         head = replace(head, model=graph.make_batch_dynamic(head.model)[0])
     labels = _labels(config.labels, metadata, notes)
+    if head is not None and head.clean and METHODS[config.method].space == "head":
+        shown = ", ".join(f"'{name}'" for name in head.clean)
+        notes.append(
+            f"the head after the node also reads {shown}, computed from the image before the "
+            "node: it gets their clean values"
+        )
     default_batch = modelinfo.default_batch(index, spec, session.info.provider)
     shape = index.shape(spec.name) or ()
     dynamic = not all(isinstance(d, int) for d in shape[1:])
@@ -197,6 +204,34 @@ def linear_stage(prepared: Prepared, method: str) -> Stage:
             f"method '{method}' cannot read weights: {next(iter(linear.missing.values()))}"
         )
     return Stage(linear)
+
+
+class Stages:
+    """Where methods' passes run beyond the model: the head after the node and the linear head
+    read from the graph, each opened once, when a method first needs it (thread-safe)."""
+
+    def __init__(self, prepared: Prepared, config: ExplainerConfig) -> None:
+        self._prepared = prepared
+        self._config = config
+        self._made: dict[str, Stage] = {}
+        self._lock = threading.Lock()
+
+    def for_method(self, method: Method) -> Stage | None:
+        """None for the model; else the stage of ``method.space``.
+
+        Raises:
+            ConfigError: the model has no head of the kind the method needs.
+        """
+        if method.space not in ("head", "linear"):
+            return None
+        with self._lock:
+            if method.space not in self._made:
+                if method.space == "head":
+                    made = head_stage(self._prepared, self._config, method.name)
+                else:
+                    made = linear_stage(self._prepared, method.name)
+                self._made[method.space] = made
+            return self._made[method.space]
 
 
 def _label(prepared: Prepared) -> str:
