@@ -178,7 +178,7 @@ class ActivationPass:
                 continue
             values = done.values
             maps = [
-                ops.channels_first(values[name][0], cand.layout)
+                cand.layout.to_chw(values[name])[0]
                 for name, cand in zip(features, prepared.candidates, strict=True)
             ]
             flat = _flat(prepared, maps, item.spec)

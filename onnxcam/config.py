@@ -18,6 +18,7 @@ from typing import Any
 from . import preprocess
 from .errors import ConfigError
 from .geometry import RESIZES
+from .layouts import INPUT_LAYOUTS
 from .methods import METHODS
 from .methods.scorecam import BASELINES
 from .preprocess import Normalization
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 PRESET_KEY = "onnxcam.preset"
-LAYOUTS = ("NCHW", "NHWC")
+LAYOUTS = INPUT_LAYOUTS
 
 
 @dataclass(frozen=True)

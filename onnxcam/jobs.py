@@ -139,7 +139,7 @@ def head_feeds(fwd: Forward, inputs: Any, prepared: Prepared) -> Any:
             n = len(block[0])
             feed = {}
             for cand, maps in zip(cands, block, strict=True):
-                shaped = maps.transpose(0, 2, 3, 1) if cand.layout == "NHWC" else maps
+                shaped = cand.layout.from_chw(maps)
                 feed[head.feeds[cand.tensor]] = np.ascontiguousarray(shaped, np.float32)
             for name in head.clean:
                 feed[head.feeds[name]] = np.repeat(fwd.clean[name], n, axis=0)

@@ -264,9 +264,7 @@ def _sized(index: graph.GraphIndex, spec: InputSpec) -> graph.GraphIndex:
     """The graph with shapes inferred for the input size in use, so every map has its real
     height and width (a dynamic size hides maps that are 1 pixel high)."""
     shape = index.shape(spec.name) or ()
-    dims = (1, spec.channels, spec.height, spec.width)
-    if spec.layout == "NHWC":
-        dims = (1, spec.height, spec.width, spec.channels)
+    dims = spec.shape()
     if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) and shape[1:] == dims[1:]:
         return index
     return graph.GraphIndex(graph.with_input_size(index.model, spec.name, dims))
