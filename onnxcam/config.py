@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from . import preprocess
+from .backends import BACKEND_NAMES
 from .errors import ConfigError
 from .geometry import RESIZES
 from .layouts import INPUT_LAYOUTS
@@ -90,6 +91,8 @@ class ExplainerConfig:
             to the input size) or ``letterbox`` (aspect ratio kept, padded with grey 114, as
             Ultralytics does); default: ``letterbox`` for YOLO-family detectors, else
             ``stretch``. Boxes and maps are mapped back to the image either way.
+        backend: what opens and runs the model (:mod:`onnxcam.backends`): ``ort``, ONNX
+            Runtime in this process, the only one so far.
     """
 
     model: str | bytes
@@ -116,6 +119,7 @@ class ExplainerConfig:
     time_limit_s: float | None = None
     resize: str | None = None
     split_head: bool = False  # split off the head even when the method does not need it
+    backend: str = "ort"
 
 
 def model_sha256(model: str | bytes) -> str:
@@ -176,6 +180,8 @@ def validate(config: ExplainerConfig) -> None:
         raise ConfigError(f"the time limit must be positive seconds, got {config.time_limit_s}")
     if config.resize is not None and config.resize not in RESIZES:
         raise ConfigError(f"unknown resize '{config.resize}'; valid: {', '.join(RESIZES)}")
+    if config.backend not in BACKEND_NAMES:
+        raise ConfigError(f"unknown backend '{config.backend}'; valid: {', '.join(BACKEND_NAMES)}")
     if config.providers is not None and config.device != "auto":
         raise ConfigError("pass either a device or a list of execution providers, not both")
 

@@ -25,8 +25,8 @@ from .jobs import Bound
 from .methods import Clean, Method, TargetMap
 from .prepare import Prepared, Stages, prepare
 from .result import Provenance, Result
-from .runner import Job, Runner, Stage
-from .runtime import ProviderSpec, Session, session_settings
+from .runner import Job, Runnable, Runner, Stage
+from .runtime import ProviderSpec, session_settings
 from .targets import Target, TargetLike, resolve_targets
 from .targets.base import TargetSpec
 
@@ -53,7 +53,7 @@ class Explainer:
         compat: str | None = None, fp16: bool = False, method: str = "scorecam",
         providers: Sequence[ProviderSpec] | None = None, session_options: Any = None,
         budget_s: float | None = None, time_limit_s: float | None = None,
-        resize: str | None = None, split_head: bool = False,
+        resize: str | None = None, split_head: bool = False, backend: str = "ort",
     ) -> None:  # fmt: skip
         if compat is not None:
             if options is not None:
@@ -72,6 +72,7 @@ class Explainer:
             method=method, providers=None if providers is None else tuple(providers),
             session_options=None if session_options is None else session_settings(session_options),
             budget_s=budget_s, time_limit_s=time_limit_s, resize=resize, split_head=split_head,
+            backend=backend,
         ))  # fmt: skip
 
     @classmethod
@@ -105,7 +106,8 @@ class Explainer:
     # ----------------------------------------------------------------- the prepared model
 
     @property
-    def session(self) -> Session:
+    def session(self) -> Runnable:
+        """What the backend opened (for ONNX Runtime, a :class:`~onnxcam.runtime.Session`)."""
         return self.prepared.session
 
     @property
@@ -146,7 +148,7 @@ class Explainer:
 
     @property
     def provider(self) -> str:
-        return str(self.session.info.provider)
+        return self.prepared.provider
 
     def stage(self, method: Method) -> Stage | None:
         """Where ``method``'s passes run: None for the model; the head after the node (opened

@@ -12,7 +12,7 @@ from . import graph
 from .errors import ConfigError, ImageError, ModelError
 from .layouts import INPUT_NCHW, INPUT_NHWC, input_axes
 from .preprocess import InputSpec
-from .runtime import Session
+from .runner import Runnable
 from .targets.kinds import ModelKind, model_kind
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "CPU_BATCH",
     "CUDA_BATCH",
     "ModelKind",
+    "batch_cap",
     "batch_consistent",
     "default_batch",
     "guess_layout",
@@ -219,12 +220,19 @@ def output_activation(index: graph.GraphIndex, output: str) -> str | None:
 
 
 def default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> int:
-    """The device's batch, capped so a run's intermediate tensors fit ACTIVATION_BUDGET.
+    """The batch for an ONNX Runtime ``provider`` (CUDA_BATCH for CUDA, else CPU_BATCH), capped
+    by :func:`batch_cap`; the ``ort`` backend's choice (:mod:`onnxcam.backends.ort`)."""
+    from .backends.ort import device_batch  # the backend imports this module
+
+    return batch_cap(index, spec, device_batch(provider))
+
+
+def batch_cap(index: graph.GraphIndex, spec: InputSpec, wanted: int) -> int:
+    """``wanted``, capped so a run's intermediate tensors fit ACTIVATION_BUDGET.
 
     Per image, a run holds roughly three tensors of the largest intermediate size at once
     (an op's input and output, plus a skip connection), in the model's element size.
     """
-    wanted = CUDA_BATCH if provider == "CUDAExecutionProvider" else CPU_BATCH
     largest = spec.height * spec.width * spec.channels
     for value in index.values.values():
         dims = graph._dims(value) or ()
@@ -235,7 +243,9 @@ def default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> in
     return max(1, min(wanted, ACTIVATION_BUDGET // per_image))
 
 
-def batch_consistent(session: Session, spec: InputSpec, *, time_limit: float | None = None) -> bool:
+def batch_consistent(
+    session: Runnable, spec: InputSpec, *, time_limit: float | None = None
+) -> bool:
     """Prove a freed batch dimension: a batch of two equals two single runs (each run within
     ``time_limit`` seconds, so a model that never finishes cannot hang the probe)."""
     rng = np.random.default_rng(0)

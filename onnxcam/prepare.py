@@ -10,13 +10,13 @@ from dataclasses import dataclass, replace
 import onnx
 
 from . import graph, modelinfo
+from .backends import Backend, OpenOptions, get_backend
 from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
 from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
 from .methods import METHODS, Method
 from .preprocess import InputSpec, Normalization
-from .runner import Stage
-from .runtime import Session, installed_runtimes
+from .runner import Runnable, Stage
 from .targets import OutputInfo
 from .targets.detformats import YOLO_FORMATS
 
@@ -34,7 +34,7 @@ class Prepared:
         candidates: the explained node(s): one, or several whose channels are taken together.
         feature_outputs: the graph outputs that carry their maps, in the same order.
         outputs: the model's own outputs, in graph order.
-        session: one session serving every pass.
+        session: what the backend opened: one session serving every pass.
         fixed_batch: the model's batch dimension when it could not be freed, else None.
         dynamic_size: the model takes inputs of any height and width.
         default_batch: the batch size for this model and provider.
@@ -47,6 +47,7 @@ class Prepared:
         head_note: why there is no head.
         clean_outputs: for each tensor the head takes at its clean value, the output of the
             session that gives it.
+        provider: what serves the session (the backend says).
     """
 
     metadata: dict[str, str]
@@ -55,7 +56,7 @@ class Prepared:
     candidates: tuple[graph.Candidate, ...]
     feature_outputs: tuple[str, ...]
     outputs: tuple[OutputInfo, ...]
-    session: Session
+    session: Runnable
     fixed_batch: int | None
     dynamic_size: bool
     default_batch: int
@@ -66,6 +67,7 @@ class Prepared:
     head: graph.Head | None = None
     head_note: str | None = None
     clean_outputs: tuple[tuple[str, str], ...] = ()
+    provider: str = ""
 
 
 def prepare(config: ExplainerConfig) -> Prepared:
@@ -75,13 +77,8 @@ def prepare(config: ExplainerConfig) -> Prepared:
         ConfigError, ModelError, NodeError, DeviceError: what is wrong, in one line.
     """
     validate(config)
-    notes: list[str] = []
-    runtimes = installed_runtimes()
-    if len(runtimes) > 1:
-        notes.append(
-            f"several ONNX Runtime builds are installed ({', '.join(runtimes)}); they "
-            "overwrite each other's files: keep one (pip uninstall the others, reinstall it)"
-        )
+    backend = get_backend(config.backend)
+    notes: list[str] = backend.notes()
     model, unused = graph.drop_unused_inputs(graph.load_model(config.model))
     if unused:
         shown = ", ".join(f"'{name}'" for name in unused)
@@ -132,7 +129,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     del model
     plain, freed, batch_dim = _serialized(exposed, index)
     del exposed
-    session, fixed = _open_session(plain, freed, batch_dim, spec, config, notes)
+    session, fixed = _open_session(backend, plain, freed, batch_dim, spec, config, notes)
     del plain, freed
     if head is not None and batch_dim is not None and fixed is None:  # freed: the head too
         head = replace(head, model=graph.make_batch_dynamic(head.model)[0])
@@ -143,12 +140,13 @@ def prepare(config: ExplainerConfig) -> Prepared:
             f"the head after the node also reads {shown}, computed from the image before the "
             "node: it gets their clean values"
         )
-    default_batch = modelinfo.default_batch(index, spec, session.info.provider)
+    default_batch = backend.default_batch(index, spec, session)
     shape = index.shape(spec.name) or ()
     dynamic = not all(isinstance(d, int) for d in shape[1:])
     return Prepared(
         metadata, norm, spec, candidates, tuple(feature_outputs), outputs, session, fixed, dynamic,
         default_batch, labels, tuple(notes), kind, resize, head, head_note, tuple(clean_outputs),
+        backend.provider(session),
     )  # fmt: skip
 
 
@@ -182,7 +180,8 @@ def head_stage(prepared: Prepared, config: ExplainerConfig, method: str) -> Stag
             f"method '{method}' runs the model after node '{_label(prepared)}', which could "
             f"not be split off: {prepared.head_note}"
         )
-    return Stage(_session(prepared.head.model.SerializeToString(), config), prepared.fixed_batch)
+    head = prepared.head.model.SerializeToString()
+    return Stage(_open(get_backend(config.backend), head, config), prepared.fixed_batch)
 
 
 def linear_stage(prepared: Prepared, method: str) -> Stage:
@@ -286,20 +285,21 @@ def _serialized(
 
 
 def _open_session(
+    backend: Backend,
     plain: bytes,
     freed: bytes | None,
     batch_dim: int | None,
     spec: InputSpec,
     config: ExplainerConfig,
     notes: list[str],
-) -> tuple[Session, int | None]:
+) -> tuple[Runnable, int | None]:
     """A session over the exposed model, with a free batch dimension where provable."""
     if batch_dim is None:
-        return _session(plain, config), None
+        return _open(backend, plain, config), None
     if freed is not None:
         try:
-            session = _session(freed, config)
-            if modelinfo.batch_consistent(session, spec, time_limit=config.time_limit_s):
+            session = _open(backend, freed, config)
+            if backend.batch_consistent(session, spec, time_limit=config.time_limit_s):
                 return session, None
         except ModelError:
             pass
@@ -307,17 +307,11 @@ def _open_session(
         f"the model's batch dimension is fixed to {batch_dim} and could not be freed "
         f"safely; masked passes run {batch_dim} at a time"
     )
-    return _session(plain, config), batch_dim
+    return _open(backend, plain, config), batch_dim
 
 
-def _session(model: bytes, config: ExplainerConfig) -> Session:
-    return Session(
-        model,
-        device=config.device,
-        threads=config.threads,
-        providers=config.providers,
-        session_options=config.session_options,
-    )
+def _open(backend: Backend, model: bytes, config: ExplainerConfig) -> Runnable:
+    return backend.open(model, OpenOptions.of(config))
 
 
 def _labels(
