@@ -16,8 +16,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from . import preprocess
+from .backends import BACKEND_NAMES
 from .errors import ConfigError
 from .geometry import RESIZES
+from .layouts import INPUT_LAYOUTS
 from .methods import METHODS
 from .methods.scorecam import BASELINES
 from .preprocess import Normalization
@@ -40,14 +42,57 @@ __all__ = [
 ]
 
 PRESET_KEY = "onnxcam.preset"
-LAYOUTS = ("NCHW", "NHWC")
+LAYOUTS = INPUT_LAYOUTS
 
 
 @dataclass(frozen=True)
 class ExplainerConfig:
-    """Everything needed to rebuild an Explainer in another process (plain, picklable data).
+    """Everything needed to rebuild an Explainer in another process (plain, picklable data);
+    the keywords of :class:`onnxcam.Explainer`.
 
-    See :class:`onnxcam.Explainer` for the meaning of each field.
+    Attributes:
+        model: the ``.onnx`` file's path or the model's bytes (never modified; external data
+            only with a path); :class:`onnxcam.Explainer` also takes an ``onnx.ModelProto``.
+        node: ``auto``, a node name, or an output tensor name.
+        preset: ``imagenet``, ``caffe``, ``tf``, ``unit`` or ``raw``; default: the model's
+            ``onnxcam.preset`` metadata, else ``imagenet``.
+        mean, std, scale, bgr: override parts of the preset.
+        size: (height, width) when the model's input size is not static.
+        layout: ``NCHW`` or ``NHWC`` to override detection.
+        baseline: ``none``, ``zero``, ``black`` or ``blur`` (SPEC §2 step 4).
+        batch_size: passes per run (default: from the model and a memory budget).
+        threads: CPU threads for ONNX Runtime.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        labels: a labels file or a sequence of names (default: the model's metadata).
+        max_pixels: refuse images with more pixels than this.
+        options: the method's settings, e.g. :class:`ScoreCamOptions` for ``scorecam``,
+            :class:`~onnxcam.methods.RiseOptions` for ``rise`` (default: its ``official``
+            preset).
+        fp16: run the model in float16 (inputs and outputs stay float32); meant for CUDA.
+        method: the saliency method: a name in :data:`onnxcam.METHODS` (``scorecam``, the
+            default; ``sscam``, ``iscam``, ``groupcam``, ``ablation``, ``recipro``, ``cam``,
+            ``eigencam``, ``rise``, ``activation``).
+        split_head: split off the model's head after the node even when ``method`` does not
+            run on it (``ablation``, ``recipro`` and ``cam`` do), so that
+            :meth:`Explainer.method_maps <onnxcam.Explainer.method_maps>` and
+            :func:`onnxcam.evaluate.evaluate` can run those methods
+            too; it costs a copy of the head's weights.
+        providers: execution providers exactly as ONNX Runtime takes them (names or
+            ``(name, options)`` pairs), instead of ``device``; the first must serve.
+        session_options: an ``onnxruntime.SessionOptions`` or a mapping of its properties
+            (plus ``config_entries``); kept as a plain mapping so the Explainer still pickles.
+        budget_s: seconds per image: anytime Score-CAM runs the most promising masks first
+            and stops when the time is spent (the record says how many ran and estimates how
+            close the map is to the exact one).
+        time_limit_s: seconds an image's passes may take in all; a model that runs longer
+            (one that never finishes) is stopped and the image fails with a
+            :class:`TimeLimitError`.
+        resize: how images are fitted into the input: ``stretch`` (the whole image resized
+            to the input size) or ``letterbox`` (aspect ratio kept, padded with grey 114, as
+            Ultralytics does); default: ``letterbox`` for YOLO-family detectors, else
+            ``stretch``. Boxes and maps are mapped back to the image either way.
+        backend: what opens and runs the model (:mod:`onnxcam.backends`): ``ort``, ONNX
+            Runtime in this process, the only one so far.
     """
 
     model: str | bytes
@@ -74,6 +119,7 @@ class ExplainerConfig:
     time_limit_s: float | None = None
     resize: str | None = None
     split_head: bool = False  # split off the head even when the method does not need it
+    backend: str = "ort"
 
 
 def model_sha256(model: str | bytes) -> str:
@@ -134,6 +180,8 @@ def validate(config: ExplainerConfig) -> None:
         raise ConfigError(f"the time limit must be positive seconds, got {config.time_limit_s}")
     if config.resize is not None and config.resize not in RESIZES:
         raise ConfigError(f"unknown resize '{config.resize}'; valid: {', '.join(RESIZES)}")
+    if config.backend not in BACKEND_NAMES:
+        raise ConfigError(f"unknown backend '{config.backend}'; valid: {', '.join(BACKEND_NAMES)}")
     if config.providers is not None and config.device != "auto":
         raise ConfigError("pass either a device or a list of execution providers, not both")
 

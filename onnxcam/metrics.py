@@ -164,9 +164,7 @@ def impute_linear(
     starting from a blur of the kept pixels. Gaussian noise of standard deviation ``noise``
     is then added to the removed pixels. Returns an input like ``x``.
     """
-    planes = x[0].astype(np.float64)
-    if layout == "NCHW":
-        planes = planes.transpose(1, 2, 0)
+    planes = ops.to_hwc(x[0].astype(np.float64), layout)
     holes = removed.astype(bool)
     if not holes.any():
         return x.copy()
@@ -177,9 +175,7 @@ def impute_linear(
     if noise > 0:
         rng = rng or np.random.default_rng(0)
         filled[holes] += noise * rng.standard_normal((int(holes.sum()), planes.shape[2]))
-    if layout == "NCHW":
-        filled = filled.transpose(2, 0, 1)
-    return ops.as_dtype(filled[None], x.dtype)
+    return ops.as_dtype(ops.from_hwc(filled, layout)[None], x.dtype)
 
 
 def _filter(values: np.ndarray) -> np.ndarray:

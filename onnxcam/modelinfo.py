@@ -10,8 +10,9 @@ import onnx
 
 from . import graph
 from .errors import ConfigError, ImageError, ModelError
+from .layouts import INPUT_NCHW, INPUT_NHWC, input_axes
 from .preprocess import InputSpec
-from .runtime import Session
+from .runner import Runnable
 from .targets.kinds import ModelKind, model_kind
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "CPU_BATCH",
     "CUDA_BATCH",
     "ModelKind",
+    "batch_cap",
     "batch_consistent",
     "default_batch",
     "guess_layout",
@@ -88,7 +90,7 @@ def input_spec(
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise ModelError(f"model input '{name}' has type {dtype}; a numeric image tensor is needed")
     layout = layout or guess_layout(index, name, shape)
-    c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+    c, h, w = (shape[axis] for axis in input_axes(layout))
     channels = c if isinstance(c, int) else 3
     if channels not in (1, 3):
         raise ModelError(
@@ -124,14 +126,12 @@ def tensor_spec(x: np.ndarray, spec: InputSpec, *, dynamic_size: bool) -> InputS
         ImageError: the tensor's rank, batch, channels, size or dtype do not fit the input,
             or it holds NaN or Inf.
     """
-    dims = (1, spec.channels, spec.height, spec.width)
-    if spec.layout == "NHWC":
-        dims = (1, spec.height, spec.width, spec.channels)
-    wanted = "(1, C, H, W)" if spec.layout == "NCHW" else "(1, H, W, C)"
+    dims = spec.shape()
+    c_axis, *hw = input_axes(spec.layout)
+    wanted = "(1, C, H, W)" if c_axis == 1 else "(1, H, W, C)"
     size = "any H, W" if dynamic_size else f"H, W = {spec.height}, {spec.width}"
     fits = x.ndim == 4 and x.shape[0] == 1 and x.dtype == spec.dtype
     if fits:
-        c_axis, hw = (1, (2, 3)) if spec.layout == "NCHW" else (3, (1, 2))
         fits = x.shape[c_axis] == spec.channels and (
             dynamic_size or tuple(x.shape[a] for a in hw) == (spec.height, spec.width)
         )
@@ -143,7 +143,7 @@ def tensor_spec(x: np.ndarray, spec: InputSpec, *, dynamic_size: bool) -> InputS
         )
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         raise ImageError("tensor contains NaN or Inf")
-    h, w = (x.shape[2], x.shape[3]) if spec.layout == "NCHW" else (x.shape[1], x.shape[2])
+    h, w = (x.shape[a] for a in hw)
     return InputSpec(spec.name, spec.layout, int(h), int(w), spec.channels, spec.dtype)
 
 
@@ -200,10 +200,10 @@ def guess_layout(index: graph.GraphIndex, name: str, shape: tuple[graph.Dim, ...
     for j in index.consumers.get(name, []):
         node = index.nodes[j]
         if node.op_type == "Transpose" and graph.transpose_perm(node) == [0, 3, 1, 2]:
-            return "NHWC"
+            return INPUT_NHWC
     if shape[3] in (1, 3) and shape[1] not in (1, 3):
-        return "NHWC"
-    return "NCHW"
+        return INPUT_NHWC
+    return INPUT_NCHW
 
 
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose")
@@ -220,12 +220,19 @@ def output_activation(index: graph.GraphIndex, output: str) -> str | None:
 
 
 def default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> int:
-    """The device's batch, capped so a run's intermediate tensors fit ACTIVATION_BUDGET.
+    """The batch for an ONNX Runtime ``provider`` (CUDA_BATCH for CUDA, else CPU_BATCH), capped
+    by :func:`batch_cap`; the ``ort`` backend's choice (:mod:`onnxcam.backends.ort`)."""
+    from .backends.ort import device_batch  # the backend imports this module
+
+    return batch_cap(index, spec, device_batch(provider))
+
+
+def batch_cap(index: graph.GraphIndex, spec: InputSpec, wanted: int) -> int:
+    """``wanted``, capped so a run's intermediate tensors fit ACTIVATION_BUDGET.
 
     Per image, a run holds roughly three tensors of the largest intermediate size at once
     (an op's input and output, plus a skip connection), in the model's element size.
     """
-    wanted = CUDA_BATCH if provider == "CUDAExecutionProvider" else CPU_BATCH
     largest = spec.height * spec.width * spec.channels
     for value in index.values.values():
         dims = graph._dims(value) or ()
@@ -236,13 +243,13 @@ def default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> in
     return max(1, min(wanted, ACTIVATION_BUDGET // per_image))
 
 
-def batch_consistent(session: Session, spec: InputSpec, *, time_limit: float | None = None) -> bool:
+def batch_consistent(
+    session: Runnable, spec: InputSpec, *, time_limit: float | None = None
+) -> bool:
     """Prove a freed batch dimension: a batch of two equals two single runs (each run within
     ``time_limit`` seconds, so a model that never finishes cannot hang the probe)."""
     rng = np.random.default_rng(0)
-    shape = (1, spec.channels, spec.height, spec.width)
-    if spec.layout == "NHWC":
-        shape = (1, spec.height, spec.width, spec.channels)
+    shape = spec.shape()
     a = rng.uniform(-1, 1, shape).astype(spec.dtype)
     b = rng.uniform(-1, 1, shape).astype(spec.dtype)
     if np.issubdtype(spec.dtype, np.integer):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .layouts import INPUT_NCHW, FeatureLayout, feature_layout
+
 __all__ = [
     "COMBINE_AT",
     "apply_masks",
@@ -18,12 +20,14 @@ __all__ = [
     "blur",
     "channels_first",
     "expand_masks",
+    "from_hwc",
     "interp_matrix",
     "minmax",
     "saliency_map",
     "sigmoid",
     "softmax",
     "stack_maps",
+    "to_hwc",
     "upsample",
 ]
 
@@ -98,14 +102,25 @@ def saliency_map(
     return (cam / peak).astype(np.float32)
 
 
-def channels_first(acts: np.ndarray, layout: str) -> np.ndarray:
-    """One image's feature map (h, w, K) or (K, h, w) as (K, h, w)."""
-    return np.transpose(acts, (2, 0, 1)) if layout == "NHWC" else acts
+def channels_first(acts: np.ndarray, layout: FeatureLayout | str) -> np.ndarray:
+    """One image's feature map in ``layout`` (e.g. (h, w, K) or (K, h, w)) as (K, h, w)."""
+    return feature_layout(layout).to_chw(acts[None])[0]
 
 
 def expand_masks(masks: np.ndarray, layout: str) -> np.ndarray:
     """(n, H, W) masks broadcastable against (n, C, H, W) or (n, H, W, C) inputs."""
-    return masks[:, None] if layout == "NCHW" else masks[..., None]
+    return masks[:, None] if layout == INPUT_NCHW else masks[..., None]
+
+
+def to_hwc(planes: np.ndarray, layout: str) -> np.ndarray:
+    """One input's colour planes, (C, H, W) or (H, W, C) by the input's ``layout``, as
+    (H, W, C)."""
+    return planes.transpose(1, 2, 0) if layout == INPUT_NCHW else planes
+
+
+def from_hwc(planes: np.ndarray, layout: str) -> np.ndarray:
+    """(H, W, C) colour planes in the input's ``layout``: (C, H, W) or (H, W, C)."""
+    return planes.transpose(2, 0, 1) if layout == INPUT_NCHW else planes
 
 
 def apply_masks(x: np.ndarray, masks: np.ndarray, layout: str) -> np.ndarray:
@@ -114,7 +129,7 @@ def apply_masks(x: np.ndarray, masks: np.ndarray, layout: str) -> np.ndarray:
     Args:
         x: the preprocessed input, (1, C, H, W) or (1, H, W, C).
         masks: (n, H, W) masks.
-        layout: ``"NCHW"`` or ``"NHWC"``.
+        layout: the input's layout (:data:`~onnxcam.layouts.INPUT_LAYOUTS`).
     """
     out = x.astype(np.float32, copy=False) * expand_masks(masks, layout)
     if np.issubdtype(x.dtype, np.integer):
@@ -141,15 +156,11 @@ def blur(x: np.ndarray, layout: str, *, sigma: float, ksize: int = 0) -> np.ndar
     Blurring commutes with the per-channel affine normalisation, so blurring a normalised
     input equals normalising a blurred image.
     """
-    planes = x[0].astype(np.float32)
-    if layout == "NCHW":
-        planes = planes.transpose(1, 2, 0)
+    planes = to_hwc(x[0].astype(np.float32), layout)
     blurred = cv2.GaussianBlur(planes, (ksize, ksize), sigma, borderType=cv2.BORDER_REFLECT_101)
     if blurred.ndim == 2:
         blurred = blurred[:, :, None]
-    if layout == "NCHW":
-        blurred = blurred.transpose(2, 0, 1)
-    return as_dtype(blurred[None], x.dtype)
+    return as_dtype(from_hwc(blurred, layout)[None], x.dtype)
 
 
 def as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

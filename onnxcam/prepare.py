@@ -4,22 +4,23 @@ the session opened (the head's session opens when a method first needs it)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 
 import onnx
 
 from . import graph, modelinfo
+from .backends import Backend, OpenOptions, get_backend
 from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
 from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
-from .methods import METHODS
+from .methods import METHODS, Method
 from .preprocess import InputSpec, Normalization
-from .runner import Stage
-from .runtime import Session, installed_runtimes
+from .runner import Runnable, Stage
 from .targets import OutputInfo
 from .targets.detformats import YOLO_FORMATS
 
-__all__ = ["Prepared", "head_stage", "linear_stage", "prepare"]
+__all__ = ["Prepared", "Stages", "head_stage", "linear_stage", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Prepared:
         candidates: the explained node(s): one, or several whose channels are taken together.
         feature_outputs: the graph outputs that carry their maps, in the same order.
         outputs: the model's own outputs, in graph order.
-        session: one session serving every pass.
+        session: what the backend opened: one session serving every pass.
         fixed_batch: the model's batch dimension when it could not be freed, else None.
         dynamic_size: the model takes inputs of any height and width.
         default_batch: the batch size for this model and provider.
@@ -46,6 +47,7 @@ class Prepared:
         head_note: why there is no head.
         clean_outputs: for each tensor the head takes at its clean value, the output of the
             session that gives it.
+        provider: what serves the session (the backend says).
     """
 
     metadata: dict[str, str]
@@ -54,7 +56,7 @@ class Prepared:
     candidates: tuple[graph.Candidate, ...]
     feature_outputs: tuple[str, ...]
     outputs: tuple[OutputInfo, ...]
-    session: Session
+    session: Runnable
     fixed_batch: int | None
     dynamic_size: bool
     default_batch: int
@@ -65,6 +67,7 @@ class Prepared:
     head: graph.Head | None = None
     head_note: str | None = None
     clean_outputs: tuple[tuple[str, str], ...] = ()
+    provider: str = ""
 
 
 def prepare(config: ExplainerConfig) -> Prepared:
@@ -74,13 +77,8 @@ def prepare(config: ExplainerConfig) -> Prepared:
         ConfigError, ModelError, NodeError, DeviceError: what is wrong, in one line.
     """
     validate(config)
-    notes: list[str] = []
-    runtimes = installed_runtimes()
-    if len(runtimes) > 1:
-        notes.append(
-            f"several ONNX Runtime builds are installed ({', '.join(runtimes)}); they "
-            "overwrite each other's files: keep one (pip uninstall the others, reinstall it)"
-        )
+    backend = get_backend(config.backend)
+    notes: list[str] = backend.notes()
     model, unused = graph.drop_unused_inputs(graph.load_model(config.model))
     if unused:
         shown = ", ".join(f"'{name}'" for name in unused)
@@ -131,17 +129,24 @@ def prepare(config: ExplainerConfig) -> Prepared:
     del model
     plain, freed, batch_dim = _serialized(exposed, index)
     del exposed
-    session, fixed = _open_session(plain, freed, batch_dim, spec, config, notes)
+    session, fixed = _open_session(backend, plain, freed, batch_dim, spec, config, notes)
     del plain, freed
     if head is not None and batch_dim is not None and fixed is None:  # freed: the head too
         head = replace(head, model=graph.make_batch_dynamic(head.model)[0])
     labels = _labels(config.labels, metadata, notes)
-    default_batch = modelinfo.default_batch(index, spec, session.info.provider)
+    if head is not None and head.clean and METHODS[config.method].space == "head":
+        shown = ", ".join(f"'{name}'" for name in head.clean)
+        notes.append(
+            f"the head after the node also reads {shown}, computed from the image before the "
+            "node: it gets their clean values"
+        )
+    default_batch = backend.default_batch(index, spec, session)
     shape = index.shape(spec.name) or ()
     dynamic = not all(isinstance(d, int) for d in shape[1:])
     return Prepared(
         metadata, norm, spec, candidates, tuple(feature_outputs), outputs, session, fixed, dynamic,
         default_batch, labels, tuple(notes), kind, resize, head, head_note, tuple(clean_outputs),
+        backend.provider(session),
     )  # fmt: skip
 
 
@@ -175,7 +180,8 @@ def head_stage(prepared: Prepared, config: ExplainerConfig, method: str) -> Stag
             f"method '{method}' runs the model after node '{_label(prepared)}', which could "
             f"not be split off: {prepared.head_note}"
         )
-    return Stage(_session(prepared.head.model.SerializeToString(), config), prepared.fixed_batch)
+    head = prepared.head.model.SerializeToString()
+    return Stage(_open(get_backend(config.backend), head, config), prepared.fixed_batch)
 
 
 def linear_stage(prepared: Prepared, method: str) -> Stage:
@@ -197,6 +203,34 @@ def linear_stage(prepared: Prepared, method: str) -> Stage:
             f"method '{method}' cannot read weights: {next(iter(linear.missing.values()))}"
         )
     return Stage(linear)
+
+
+class Stages:
+    """Where methods' passes run beyond the model: the head after the node and the linear head
+    read from the graph, each opened once, when a method first needs it (thread-safe)."""
+
+    def __init__(self, prepared: Prepared, config: ExplainerConfig) -> None:
+        self._prepared = prepared
+        self._config = config
+        self._made: dict[str, Stage] = {}
+        self._lock = threading.Lock()
+
+    def for_method(self, method: Method) -> Stage | None:
+        """None for the model; else the stage of ``method.space``.
+
+        Raises:
+            ConfigError: the model has no head of the kind the method needs.
+        """
+        if method.space not in ("head", "linear"):
+            return None
+        with self._lock:
+            if method.space not in self._made:
+                if method.space == "head":
+                    made = head_stage(self._prepared, self._config, method.name)
+                else:
+                    made = linear_stage(self._prepared, method.name)
+                self._made[method.space] = made
+            return self._made[method.space]
 
 
 def _label(prepared: Prepared) -> str:
@@ -229,9 +263,7 @@ def _sized(index: graph.GraphIndex, spec: InputSpec) -> graph.GraphIndex:
     """The graph with shapes inferred for the input size in use, so every map has its real
     height and width (a dynamic size hides maps that are 1 pixel high)."""
     shape = index.shape(spec.name) or ()
-    dims = (1, spec.channels, spec.height, spec.width)
-    if spec.layout == "NHWC":
-        dims = (1, spec.height, spec.width, spec.channels)
+    dims = spec.shape()
     if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) and shape[1:] == dims[1:]:
         return index
     return graph.GraphIndex(graph.with_input_size(index.model, spec.name, dims))
@@ -253,20 +285,21 @@ def _serialized(
 
 
 def _open_session(
+    backend: Backend,
     plain: bytes,
     freed: bytes | None,
     batch_dim: int | None,
     spec: InputSpec,
     config: ExplainerConfig,
     notes: list[str],
-) -> tuple[Session, int | None]:
+) -> tuple[Runnable, int | None]:
     """A session over the exposed model, with a free batch dimension where provable."""
     if batch_dim is None:
-        return _session(plain, config), None
+        return _open(backend, plain, config), None
     if freed is not None:
         try:
-            session = _session(freed, config)
-            if modelinfo.batch_consistent(session, spec, time_limit=config.time_limit_s):
+            session = _open(backend, freed, config)
+            if backend.batch_consistent(session, spec, time_limit=config.time_limit_s):
                 return session, None
         except ModelError:
             pass
@@ -274,17 +307,11 @@ def _open_session(
         f"the model's batch dimension is fixed to {batch_dim} and could not be freed "
         f"safely; masked passes run {batch_dim} at a time"
     )
-    return _session(plain, config), batch_dim
+    return _open(backend, plain, config), batch_dim
 
 
-def _session(model: bytes, config: ExplainerConfig) -> Session:
-    return Session(
-        model,
-        device=config.device,
-        threads=config.threads,
-        providers=config.providers,
-        session_options=config.session_options,
-    )
+def _open(backend: Backend, model: bytes, config: ExplainerConfig) -> Runnable:
+    return backend.open(model, OpenOptions.of(config))
 
 
 def _labels(

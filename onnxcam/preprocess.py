@@ -15,6 +15,7 @@ from . import ops
 from .errors import ConfigError, ImageError
 from .geometry import Geometry, fit_image
 from .images import DEFAULT_MAX_PIXELS, image_size_from_header, read_image
+from .layouts import input_axes
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -58,7 +59,7 @@ class InputSpec:
 
     Attributes:
         name: the input's name.
-        layout: ``"NCHW"`` or ``"NHWC"``.
+        layout: the input's layout, ``NCHW`` or ``NHWC`` (:data:`~onnxcam.layouts.INPUT_LAYOUTS`).
         height, width: spatial size in pixels.
         channels: 3 (colour) or 1 (grayscale).
         dtype: numpy dtype of the input.
@@ -73,6 +74,14 @@ class InputSpec:
 
     def with_layout(self, layout: str) -> InputSpec:
         return replace(self, layout=layout)
+
+    def shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        """The input's shape for ``batch`` images, in its layout."""
+        dims = [batch, 0, 0, 0]
+        sizes = (self.channels, self.height, self.width)
+        for axis, size in zip(input_axes(self.layout), sizes, strict=True):
+            dims[axis] = size
+        return dims[0], dims[1], dims[2], dims[3]
 
 
 def as_rgb(image: np.ndarray, *, source: str = "image") -> np.ndarray:
@@ -142,9 +151,7 @@ def _normalize(pixels: np.ndarray, spec: InputSpec, norm: Normalization) -> np.n
     if np.any(np.asarray(std) == 0):
         raise ConfigError("std must not contain 0")
     values = (pixels * np.float32(norm.scale) - mean) / std
-    if spec.layout == "NCHW":
-        values = values.transpose(2, 0, 1)
-    return ops.as_dtype(values[None], spec.dtype)
+    return ops.as_dtype(ops.from_hwc(values, spec.layout)[None], spec.dtype)
 
 
 def baseline_tensor(

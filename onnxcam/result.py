@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import importlib.metadata
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .confined import Confined
+from .jobs import Bound
+from .jobs import scores as job_scores
 from .render import Mark, write_explanation, write_thumbnails
+from .runner import JobResult
 
-__all__ = ["SCHEMA_VERSION", "Result", "TargetResult", "file_names", "version"]
+__all__ = ["SCHEMA_VERSION", "Provenance", "Result", "TargetResult", "file_names", "version"]
 
 #: Version of the JSON record's layout; raised whenever a field changes meaning or moves.
 SCHEMA_VERSION = 1
@@ -103,6 +107,29 @@ class TargetResult:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """What every result of one explainer says of where it comes from.
+
+    Attributes:
+        model: how the record names the model (:func:`onnxcam.config.model_name`).
+        node: the explained node's name, or the names joined by commas.
+        tensor: the explained tensor's name, or the names joined by commas.
+        batch_size: passes per run.
+        preprocess: the input normalisation, as a mapping.
+        provider: what serves the model.
+        notes: things worth telling the user about the model.
+    """
+
+    model: str
+    node: str
+    tensor: str
+    batch_size: int
+    preprocess: dict[str, Any]
+    provider: str
+    notes: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
 class Result:
     """One image explained for one or more targets, all from one set of passes.
 
@@ -124,6 +151,57 @@ class Result:
     timings: dict[str, float]
     source: str | None = None
     notes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_passes(cls, bound: Bound, outcome: JobResult, origin: Provenance) -> Result:
+        """Each target's map from the scores of an image's passes, and its record's fields."""
+        t0 = time.perf_counter()
+        fwd, plan, method = bound.fwd, bound.plan, bound.method
+        scores = job_scores(outcome, len(bound.targets))
+        notes = list(origin.notes)
+        if not method.class_specific:
+            notes.append(f"method '{method.name}' does not depend on the target")
+        maps = []
+        made_all = method.combine_many(bound.clean, plan, scores, bound.clean_scores)
+        for target, made in zip(bound.targets, made_all, strict=True):
+            cam, info = made.map, {**target.describe(), **made.info}
+            if not cam.any():
+                notes.append(
+                    f"the map of target '{info['spec']}' is all zero: nothing the method "
+                    "tried raised its score"
+                )
+            shown = cam if fwd.geometry is None else fwd.geometry.map_to_image(cam)
+            maps.append(TargetResult(shown, cam, info))
+        timings = {
+            "preprocess_s": fwd.preprocess_s,
+            "activation_s": fwd.activation_s,
+            "masks_s": outcome.build_s,
+            "masked_s": outcome.run_s,
+            "combine_s": time.perf_counter() - t0,
+        }
+        timings["total_s"] = sum(timings.values())
+        return cls(
+            image=fwd.rgb,
+            targets=tuple(maps),
+            model=origin.model,
+            node=origin.node,
+            tensor=origin.tensor,
+            method=method.name,
+            options={
+                **method.options(),
+                "batch_size": origin.batch_size,
+                "preprocess": dict(origin.preprocess),
+                "input_size": [fwd.spec.height, fwd.spec.width],
+                **(fwd.geometry.describe() if fwd.geometry is not None else {}),
+                "layout": fwd.spec.layout,
+                "input": "tensor" if fwd.given_tensor else "image",
+            },
+            stats=dict(plan.stats),
+            provider=origin.provider,
+            timings=timings,
+            source=fwd.source,
+            notes=tuple(notes),
+        )
 
     @property
     def saliency(self) -> np.ndarray:

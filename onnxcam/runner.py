@@ -28,7 +28,6 @@ from typing import Protocol
 import numpy as np
 
 from .errors import ConfigError, NumericalError, OnnxCamError, OutputError, TimeLimitError
-from .runtime import Session
 
 __all__ = ["Feed", "Job", "JobResult", "Runnable", "Runner", "Stage", "chunk_size", "one_input"]
 
@@ -38,7 +37,8 @@ Feed = np.ndarray | Mapping[str, np.ndarray]
 
 
 class Runnable(Protocol):
-    """What the runner runs batches through (a :class:`onnxcam.runtime.Session`)."""
+    """What the runner runs batches through: what a backend opens (:mod:`onnxcam.backends`;
+    a :class:`onnxcam.runtime.Session` for ONNX Runtime)."""
 
     def run(
         self, feed: Feed, outputs: Sequence[str] | None = None, *, time_limit: float | None = None
@@ -127,7 +127,7 @@ class Runner:
 
     def __init__(
         self,
-        session: Session,
+        session: Runnable,
         *,
         batch: int,
         fixed: int | None = None,

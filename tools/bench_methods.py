@@ -60,7 +60,7 @@ def head_cost(explainer, image: Path, runs: int) -> str:
     batch = explainer.batch_size()
     feed = {}
     for cand, maps in zip(explainer.candidates, fwd.features, strict=True):
-        shaped = maps.transpose(1, 2, 0) if cand.layout == "NHWC" else maps
+        shaped = cand.layout.from_chw(maps[None])[0]
         feed[head.feeds[cand.tensor]] = np.repeat(shaped[None], batch, axis=0)
     for name in head.clean:
         feed[head.feeds[name]] = np.repeat(fwd.clean[name], batch, axis=0)

@@ -64,7 +64,7 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
             safe(c.node if c.node and owners[c.node] == 1 else c.tensor),
             safe(c.op_type),
             graph.fmt_shape(c.shape),
-            c.layout,
+            c.layout.name,
         )
         for c in candidates
     ]

@@ -45,8 +45,7 @@ def _collapses_space(index: GraphIndex, node: onnx.NodeProto) -> bool:
         return shape is None or len(shape) <= 2
     if op.startswith("Reduce"):
         axes = index.reduce_axes(node)
-        spatial_axes = [2, 3] if src.layout == "NCHW" else [1, 2]
-        return axes is not None and set(spatial_axes) <= {a % 4 for a in axes}
+        return axes is not None and set(src.layout.spatial_axes) <= {a % 4 for a in axes}
     # Pooling whose window covers the whole map (old exports of global pooling).
     out = index.candidate(node.output[0])
     shape = index.shape(node.output[0])

@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..layouts import NCHW, NHWC, FeatureLayout
+
 Dim = int | str | None
 
 
@@ -44,7 +46,7 @@ class Candidate:
         op_type: the producing node's operator.
         tensor: name of the output tensor.
         shape: inferred shape, ints where known, symbols or None elsewhere.
-        layout: ``"NCHW"`` or ``"NHWC"``, the order of the feature map's axes.
+        layout: what the feature map's axes mean (:class:`~onnxcam.layouts.FeatureLayout`).
         index: position of the producing node in the graph.
     """
 
@@ -52,7 +54,7 @@ class Candidate:
     op_type: str
     tensor: str
     shape: tuple[Dim, ...]
-    layout: str
+    layout: FeatureLayout
     index: int
 
     @property
@@ -63,12 +65,12 @@ class Candidate:
     @property
     def spatial(self) -> tuple[Dim, Dim]:
         """(h, w) of the map."""
-        return (self.shape[2], self.shape[3]) if self.layout == "NCHW" else self.shape[1:3]  # type: ignore[return-value]
+        return self.layout.grid(self.shape)
 
     @property
     def channels(self) -> Dim:
         """Number of channels K."""
-        return self.shape[1] if self.layout == "NCHW" else self.shape[3]
+        return self.layout.channels(self.shape)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -256,11 +258,7 @@ class GraphIndex:
                         if kept is not None:
                             grids[name] = kept
                     elif len(shape) == 4:
-                        grids[name] = (
-                            (shape[1], shape[2])
-                            if self.layout(name) == "NHWC"
-                            else (shape[2], shape[3])
-                        )
+                        grids[name] = self.layout(name).grid(shape)
             self._grids = grids
         return self._grids
 
@@ -316,7 +314,7 @@ class GraphIndex:
             stack.extend(name for name in self.nodes[i].input if name)
         return seen
 
-    def layout(self, tensor: str) -> str:
+    def layout(self, tensor: str) -> FeatureLayout:
         """Guess the axis order of a 4-D feature map from its neighbours."""
         i = self.producer.get(tensor)
         if (
@@ -324,16 +322,16 @@ class GraphIndex:
             and self.nodes[i].op_type == "Transpose"
             and (transpose_perm(self.nodes[i]) == [0, 2, 3, 1])
         ):
-            return "NHWC"
+            return NHWC
         for j in self.consumers.get(tensor, []):
             node = self.nodes[j]
             if node.op_type == "Transpose" and transpose_perm(node) == [0, 3, 1, 2]:
-                return "NHWC"
+                return NHWC
             if node.op_type.startswith("Reduce"):
                 axes = self.reduce_axes(node)
                 if axes is not None and sorted(a % 4 for a in axes) == [1, 2]:
-                    return "NHWC"
-        return "NCHW"
+                    return NHWC
+        return NCHW
 
     def reduce_axes(self, node: onnx.NodeProto) -> list[int] | None:
         for attr in node.attribute:
@@ -398,7 +396,7 @@ class GraphIndex:
         if shape is None or len(shape) != 4 or (elem is not None and elem not in _FLOAT_TYPES):
             return None
         layout = self.layout(tensor)
-        h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        h, w = layout.grid(shape)
         if h == 1 or w == 1 or (isinstance(h, int) and isinstance(w, int) and h * w < 2):
             return None
         node = self.nodes[i]

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from ..errors import ConfigError
+from ..layouts import NCHW, FeatureLayout, feature_layout
 from ..ops import sigmoid, softmax
 from .head import Head
 from .index import GraphIndex, _dims
@@ -74,7 +75,7 @@ class _NotLinear(Exception):
     pass
 
 
-def linear_head(head: Head, *, layout: str = "NCHW") -> LinearHead:
+def linear_head(head: Head, *, layout: FeatureLayout | str = NCHW) -> LinearHead:
     """Read the weights of every output that ``head`` computes as ``act(W · GAP(A) + b)`` from
     its one cut ``A``: global average pooling (GlobalAveragePool, or ReduceMean over the
     spatial axes of ``layout``), then Flatten/Reshape/Squeeze, then a Gemm or a MatMul (+ Add)
@@ -85,6 +86,7 @@ def linear_head(head: Head, *, layout: str = "NCHW") -> LinearHead:
     """
     if len(head.cuts) != 1:
         raise ConfigError("a linear head is read for one node; several were given")
+    layout = feature_layout(layout)
     graph = head.model.graph
     index = GraphIndex(head.model, weights=True)
     producer = {name: node for node in graph.node for name in node.output if name}
@@ -162,8 +164,7 @@ def linear_head(head: Head, *, layout: str = "NCHW") -> LinearHead:
         pooled = node.op_type == "GlobalAveragePool"
         if node.op_type == "ReduceMean":
             axes = index.reduce_axes(node)
-            spatial = {2, 3} if layout == "NCHW" else {1, 2}
-            pooled = axes is not None and {a % 4 for a in axes} == spatial
+            pooled = axes is not None and {a % 4 for a in axes} == set(layout.spatial_axes)
         if not pooled:
             raise fail(f"{named(node)} is not a global average pooling")
         name = step(node, node.input[0])
@@ -196,10 +197,10 @@ def linear_head(head: Head, *, layout: str = "NCHW") -> LinearHead:
     return LinearHead(outputs, missing)
 
 
-def _channels(head: Head, layout: str) -> int:
+def _channels(head: Head, layout: FeatureLayout) -> int:
     value = next(v for v in head.model.graph.input if v.name == head.feeds[head.cuts[0]])
     dims = value.type.tensor_type.shape.dim
-    position = 1 if layout == "NCHW" else 3
+    position = layout.channel_axis
     if len(dims) != 4 or not dims[position].HasField("dim_value"):
         raise ConfigError(f"the number of channels of '{head.cuts[0]}' is not known")
     return int(dims[position].dim_value)

@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"--engine ray needs Ray Data ({exc.name or exc} is missing): pip install 'onnxcam[ray]'"
     ) from None
 
+from ..backends import get_backend
 from ..config import ExplainerConfig, model_sha256
 from ..confined import Confined
 from ..explain import Explainer
@@ -106,12 +107,7 @@ class _Actor:
     ) -> None:
         context = ray.get_runtime_context()
         cpus = float(context.get_assigned_resources().get("CPU", 1.0))
-        threads = config.threads or max(1, int(cpus))
-        if config.providers is None:
-            device = "cuda" if gpus > 0 else ("cpu" if config.device == "auto" else config.device)
-            config = replace(config, threads=threads, device=device)
-        else:
-            config = replace(config, threads=threads)
+        config = get_backend(config.backend).placed(config, cpus=cpus, gpus=gpus)
         where = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
         self.worker = ExplainWorker(config, settings, target=target, worker=where)
 

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, TargetError
+from ..layouts import NCHW, NHWC, FeatureLayout
 from . import keys as read
 from .base import (
     BindContext,
@@ -60,9 +61,10 @@ SEG_PROBS = ("auto", "softmax", "sigmoid", "raw")
 BACKGROUND = ("background", "bg", "__background__", "_background_")
 
 
-def pixel_layout(shape: tuple[Any, ...], input_hw: tuple[int, int]) -> str | None:
-    """``NCHW`` or ``NHWC`` for a 4-D per-pixel output (its map shaped like the input, within
-    a quarter of its aspect ratio), or None when it is not one."""
+def pixel_layout(shape: tuple[Any, ...], input_hw: tuple[int, int]) -> FeatureLayout | None:
+    """The layout (:data:`~onnxcam.layouts.NCHW` or :data:`~onnxcam.layouts.NHWC`) of a 4-D
+    per-pixel output (its map shaped like the input, within a quarter of its aspect ratio), or
+    None when it is not one."""
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
         return None
     h, w = input_hw
@@ -71,20 +73,15 @@ def pixel_layout(shape: tuple[Any, ...], input_hw: tuple[int, int]) -> str | Non
     def fits(a: int, b: int) -> bool:
         return a > 1 and b > 1 and abs(b / a - ratio) <= 0.25 * ratio
 
-    if fits(shape[2], shape[3]):
-        return "NCHW"
-    if fits(shape[1], shape[2]):
-        return "NHWC"
+    for layout in (NCHW, NHWC):
+        if fits(*layout.grid(shape)):
+            return layout
     return None
 
 
 def segmentation_output(clean: Outputs, input_hw: tuple[int, int]) -> list[str]:
     """The outputs that hold per-pixel scores, ``(B, C, h, w)`` or ``(B, h, w, C)``."""
     return [name for name, value in clean.items() if pixel_layout(tuple(value.shape), input_hw)]
-
-
-def _channels_first(value: np.ndarray, layout: str) -> np.ndarray:
-    return value if layout == "NCHW" else value.transpose(0, 3, 1, 2)
 
 
 def _probabilities(value: np.ndarray, mode: str) -> np.ndarray:
@@ -99,14 +96,14 @@ def _probabilities(value: np.ndarray, mode: str) -> np.ndarray:
 class SegmentationTarget(OutputTarget):
     """Class ``N``'s mean (or summed) score over a fixed region of one output."""
 
-    layout: str
+    layout: FeatureLayout
     class_index: int
     mode: str
     region: np.ndarray  # bool (h, w)
     reduce: str
 
     def __call__(self, outputs: Outputs) -> np.ndarray:
-        value = _channels_first(np.asarray(outputs[self.output]), self.layout)
+        value = self.layout.to_chw(np.asarray(outputs[self.output]))
         probs = _probabilities(value, self.mode)[:, self.class_index]
         picked = probs[:, self.region]
         return picked.sum(axis=1) if self.reduce == "sum" else picked.mean(axis=1)
@@ -141,7 +138,7 @@ class SegmentationSpec(TargetSpec):
         if self.box is not None and self.mask is not None:
             raise ConfigError(f"target '{self.spec}': give box= or mask=, not both")
         name, layout = self._output(ctx, clean)
-        value = _channels_first(np.asarray(clean[name]), layout)
+        value = layout.to_chw(np.asarray(clean[name]))
         channels = value.shape[1]
         mode = self._mode(ctx, name, value)
         probs = _probabilities(value, mode)[0]  # (C, h, w)
@@ -180,7 +177,7 @@ class SegmentationSpec(TargetSpec):
             record["box"] = list(self.box)
         return [SegmentationTarget(name, record, layout, c, mode, region, self.reduce)]
 
-    def _output(self, ctx: BindContext, clean: Outputs) -> tuple[str, str]:
+    def _output(self, ctx: BindContext, clean: Outputs) -> tuple[str, FeatureLayout]:
         if self.output is not None:
             if self.output not in clean:
                 raise ConfigError(
