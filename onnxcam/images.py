@@ -24,12 +24,15 @@ from .quiet import native_stderr_silenced
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "HEADER_BYTES",
+    "MIN_SIDE",
+    "as_rgb",
     "decode_image",
     "image_size_from_header",
     "read_image",
 ]
 
 DEFAULT_MAX_PIXELS = 100_000_000
+MIN_SIDE = 8  # pixels a side an image needs for a saliency map
 HEADER_BYTES = 1 << 20  # enough for a JPEG's SOF after large EXIF/ICC segments
 # Bytes a file needs at least per pixel it claims: a JPEG codes every 8x8 block of the
 # luminance in 2 bits or more (1/256 B/px), deflate stops near 1:1032 (PNG, one 8-bit channel).
@@ -157,11 +160,46 @@ def _format(data: bytes) -> str | None:
     return None
 
 
+def as_rgb(image: np.ndarray, *, source: str = "image") -> np.ndarray:
+    """Validate an array image and return it as RGB uint8 (H, W, 3).
+
+    Accepts (H, W) grayscale, (H, W, 1), (H, W, 3) RGB and (H, W, 4) RGBA, in uint8,
+    uint16 (scaled by 1/257) or float (0..1 when its max is at most 1, else 0..255).
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageError(
+            f"{source}: array of shape {arr.shape} is not an image; expected (H, W), "
+            "(H, W, 3) RGB or (H, W, 4) RGBA"
+        )
+    if arr.shape[0] < MIN_SIDE or arr.shape[1] < MIN_SIDE:
+        raise ImageError(
+            f"{source}: image is {arr.shape[1]}×{arr.shape[0]} pixels; at least "
+            f"{MIN_SIDE}×{MIN_SIDE} is needed for a saliency map"
+        )
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ImageError(f"{source}: float image contains NaN or Inf")
+        scale = 255.0 if float(arr.max(initial=0.0)) <= 1.0 else 1.0
+        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr)
+
+
 def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3), EXIF orientation applied.
 
     Grayscale becomes three equal channels, alpha is dropped, 16-bit and float images are
-    scaled to 8 bits (:func:`onnxcam.preprocess.as_rgb`). The pixel count is checked from the
+    scaled to 8 bits (:func:`as_rgb`). The pixel count is checked from the
     header before the file is read whole, and the file's size against what the header claims.
 
     Raises:
@@ -201,8 +239,6 @@ def decode_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
     Raises:
         ImageError: empty, over the pixel limit, truncated, or not decodable.
     """
-    from .preprocess import as_rgb
-
     path = name
     if not data:
         raise ImageError(f"{path}: image file is empty")

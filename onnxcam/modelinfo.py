@@ -11,9 +11,9 @@ import onnx
 from . import graph
 from .errors import ConfigError, ImageError, ModelError
 from .layouts import INPUT_NCHW, INPUT_NHWC, input_axes
+from .modelkind import ModelKind, model_kind
 from .preprocess import InputSpec
 from .runner import Runnable
-from .targets.kinds import ModelKind, model_kind
 
 __all__ = [
     "ACTIVATION_BUDGET",
@@ -22,7 +22,6 @@ __all__ = [
     "ModelKind",
     "batch_cap",
     "batch_consistent",
-    "default_batch",
     "guess_layout",
     "in_graph_scaling",
     "input_spec",
@@ -217,14 +216,6 @@ def output_activation(index: graph.GraphIndex, output: str) -> str | None:
     while i is not None and index.nodes[i].op_type in _SHAPE_ONLY:
         i = index.producer.get(index.nodes[i].input[0])
     return _ACTIVATIONS.get(index.nodes[i].op_type) if i is not None else None
-
-
-def default_batch(index: graph.GraphIndex, spec: InputSpec, provider: str) -> int:
-    """The batch for an ONNX Runtime ``provider`` (CUDA_BATCH for CUDA, else CPU_BATCH), capped
-    by :func:`batch_cap`; the ``ort`` backend's choice (:mod:`onnxcam.backends.ort`)."""
-    from .backends.ort import device_batch  # the backend imports this module
-
-    return batch_cap(index, spec, device_batch(provider))
 
 
 def batch_cap(index: graph.GraphIndex, spec: InputSpec, wanted: int) -> int:

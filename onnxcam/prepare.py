@@ -12,13 +12,13 @@ import onnx
 from . import graph, modelinfo
 from .backends import Backend, OpenOptions, get_backend
 from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, validate
+from .detformats import YOLO_FORMATS
 from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
 from .methods import METHODS, Method
 from .preprocess import InputSpec, Normalization
 from .runner import Runnable, Stage
 from .targets import OutputInfo
-from .targets.detformats import YOLO_FORMATS
 
 __all__ = ["Prepared", "Stages", "head_stage", "linear_stage", "prepare"]
 

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 
 from . import ops
-from .errors import ConfigError, ImageError
+from .errors import ConfigError
 from .geometry import Geometry, fit_image
-from .images import DEFAULT_MAX_PIXELS, image_size_from_header, read_image
+from .images import DEFAULT_MAX_PIXELS, MIN_SIDE, as_rgb, image_size_from_header, read_image
 from .layouts import input_axes
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
     "read_image",
     "to_tensor",
 ]
-
-MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -82,41 +80,6 @@ class InputSpec:
         for axis, size in zip(input_axes(self.layout), sizes, strict=True):
             dims[axis] = size
         return dims[0], dims[1], dims[2], dims[3]
-
-
-def as_rgb(image: np.ndarray, *, source: str = "image") -> np.ndarray:
-    """Validate an array image and return it as RGB uint8 (H, W, 3).
-
-    Accepts (H, W) grayscale, (H, W, 1), (H, W, 3) RGB and (H, W, 4) RGBA, in uint8,
-    uint16 (scaled by 1/257) or float (0..1 when its max is at most 1, else 0..255).
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ImageError(
-            f"{source}: array of shape {arr.shape} is not an image; expected (H, W), "
-            "(H, W, 3) RGB or (H, W, 4) RGBA"
-        )
-    if arr.shape[0] < MIN_SIDE or arr.shape[1] < MIN_SIDE:
-        raise ImageError(
-            f"{source}: image is {arr.shape[1]}×{arr.shape[0]} pixels; at least "
-            f"{MIN_SIDE}×{MIN_SIDE} is needed for a saliency map"
-        )
-    if arr.dtype == np.uint16:
-        arr = (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise ImageError(f"{source}: float image contains NaN or Inf")
-        scale = 255.0 if float(arr.max(initial=0.0)) <= 1.0 else 1.0
-        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    return np.ascontiguousarray(arr)
 
 
 def to_tensor(

@@ -41,7 +41,12 @@ def test_input_spec_refuses_what_cannot_take_an_image():
 def test_default_batch_by_device_and_activation_budget(tiny):
     index = graph.GraphIndex(graph.load_model(tiny))
     spec = modelinfo.input_spec(index)
-    assert modelinfo.default_batch(index, spec, "CPUExecutionProvider") == modelinfo.CPU_BATCH
-    assert modelinfo.default_batch(index, spec, "CUDAExecutionProvider") == modelinfo.CUDA_BATCH
+    from onnxcam.backends.ort import device_batch
+
+    def default_batch(spec, provider):  # the ort backend's choice
+        return modelinfo.batch_cap(index, spec, device_batch(provider))
+
+    assert default_batch(spec, "CPUExecutionProvider") == modelinfo.CPU_BATCH
+    assert default_batch(spec, "CUDAExecutionProvider") == modelinfo.CUDA_BATCH
     big = modelinfo.input_spec(index, size=(2048, 2048))  # 3 x 12.6M floats per image
-    assert modelinfo.default_batch(index, big, "CPUExecutionProvider") == 1
+    assert default_batch(big, "CPUExecutionProvider") == 1

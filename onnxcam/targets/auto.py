@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..modelkind import model_kind
 from .base import BindContext, Key, Outputs, Target, TargetSpec
 from .classify import ClassSpec
 from .detection import DetectionSpec
-from .kinds import model_kind
 from .segmentation import SegmentationSpec
 
 __all__ = ["AutoSpec"]

@@ -1,7 +1,7 @@
 """Detection targets: ``detection[:box=x0,y0,x1,y1][:class=N][:index=i][:conf=0.25]
 [:max=10][:iou=...][:mode=iou|drise|grad-cam][:format=auto|...][:output=NAME]``.
 
-They read a detector's raw head, before NMS (see :mod:`onnxcam.targets.detformats` for the
+They read a detector's raw head, before NMS (see :mod:`onnxcam.detformats` for the
 layouts), so a score stays continuous while masks remove parts of the object.
 
 - ``detection`` explains every detection of the clean image whose score is at least
@@ -34,10 +34,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..detformats import FORMATS, Candidates, Layout, box_iou, decode, detect_layout, nms
 from ..errors import ConfigError, TargetError
 from . import keys as read
 from .base import BindContext, Key, Outputs, Target, TargetSpec, describe_outputs
-from .detformats import FORMATS, Candidates, Layout, box_iou, decode, detect_layout, nms
 
 __all__ = ["MODES", "DetectionSpec", "DetectionTarget", "detector_layout"]
 

@@ -27,13 +27,14 @@ class whose label is ``background``, ``bg`` or ``__background__``; without label
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
 from ..errors import ConfigError, TargetError
-from ..layouts import NCHW, NHWC, FeatureLayout
+from ..layouts import FeatureLayout
+from ..modelkind import pixel_layout
 from . import keys as read
 from .base import (
     BindContext,
@@ -59,24 +60,6 @@ REGIONS = ("predicted", "all")
 REDUCES = ("mean", "sum")
 SEG_PROBS = ("auto", "softmax", "sigmoid", "raw")
 BACKGROUND = ("background", "bg", "__background__", "_background_")
-
-
-def pixel_layout(shape: tuple[Any, ...], input_hw: tuple[int, int]) -> FeatureLayout | None:
-    """The layout (:data:`~onnxcam.layouts.NCHW` or :data:`~onnxcam.layouts.NHWC`) of a 4-D
-    per-pixel output (its map shaped like the input, within a quarter of its aspect ratio), or
-    None when it is not one."""
-    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        return None
-    h, w = input_hw
-    ratio = w / h if h else 1.0
-
-    def fits(a: int, b: int) -> bool:
-        return a > 1 and b > 1 and abs(b / a - ratio) <= 0.25 * ratio
-
-    for layout in (NCHW, NHWC):
-        if fits(*layout.grid(shape)):
-            return layout
-    return None
 
 
 def segmentation_output(clean: Outputs, input_hw: tuple[int, int]) -> list[str]:

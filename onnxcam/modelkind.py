@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
 from . import detformats
-from .segmentation import pixel_layout
+from .errors import ConfigError
+from .layouts import NCHW, NHWC, FeatureLayout
 
-__all__ = ["ModelKind", "model_kind"]
+__all__ = ["ModelKind", "model_kind", "pixel_layout"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def model_kind(
     1. Ultralytics metadata (``task``): ``classify`` is a classifier; ``detect``, ``segment``,
        ``pose`` and ``obb`` are detectors (their box head is explained);
     2. an output of one vector per image, ``(B, N)``: a classifier (or an embedding model);
-    3. outputs in a detector layout (:mod:`onnxcam.targets.detformats`): a detector;
+    3. outputs in a detector layout (:mod:`onnxcam.detformats`): a detector;
     4. an output of per-pixel scores ``(B, C, h, w)`` shaped like the input: a segmenter.
     """
     known = {n: tuple(s) for n, s in shapes.items() if s is not None}
@@ -62,3 +62,21 @@ def model_kind(
             "segmenter", f"output '{per_pixel[0]}' holds per-pixel scores shaped like the input"
         )
     return ModelKind("unknown", "no output looks like classes, detections or a per-pixel map")
+
+
+def pixel_layout(shape: tuple[Any, ...], input_hw: tuple[int, int]) -> FeatureLayout | None:
+    """The layout (:data:`~onnxcam.layouts.NCHW` or :data:`~onnxcam.layouts.NHWC`) of a 4-D
+    per-pixel output (its map shaped like the input, within a quarter of its aspect ratio), or
+    None when it is not one."""
+    if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    h, w = input_hw
+    ratio = w / h if h else 1.0
+
+    def fits(a: int, b: int) -> bool:
+        return a > 1 and b > 1 and abs(b / a - ratio) <= 0.25 * ratio
+
+    for layout in (NCHW, NHWC):
+        if fits(*layout.grid(shape)):
+            return layout
+    return None
