@@ -40,7 +40,8 @@ class Forward:
             image.
         groups: with several nodes, how many of ``acts``' channels each gave, in order.
         features: each explained node's activations, (K_i, h_i, w_i) float32.
-        clean: the clean values (batch of one) of the other tensors the model's head reads.
+        side: the clean values (batch of one) of the head's side inputs (the other tensors
+            computed from the image that it reads).
     """
 
     source: str | None
@@ -55,7 +56,7 @@ class Forward:
     geometry: Geometry | None = None
     groups: tuple[int, ...] = ()
     features: tuple[np.ndarray, ...] = ()
-    clean: Mapping[str, np.ndarray] = field(default_factory=dict)
+    side: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,8 @@ class ActivationPass:
         prepared = self.prepared
         model_outputs = tuple(o.name for o in prepared.outputs)
         features = prepared.feature_outputs
-        clean_outputs = dict(prepared.clean_outputs)
-        fetch = tuple(dict.fromkeys((*model_outputs, *features, *clean_outputs.values())))
+        side_outputs = dict(prepared.side_outputs)
+        fetch = tuple(dict.fromkeys((*model_outputs, *features, *side_outputs.values())))
         good = [item for item in loaded if isinstance(item, Loaded)]
         feature = {
             name: f"the feature map of node '{cand.label}'"
@@ -199,7 +200,7 @@ class ActivationPass:
                     geometry=item.geometry,
                     groups=tuple(m.shape[0] for m in maps) if len(maps) > 1 else (),
                     features=tuple(m.astype(np.float32, copy=False) for m in maps),
-                    clean={tensor: values[name] for tensor, name in clean_outputs.items()},
+                    side={tensor: values[name] for tensor, name in side_outputs.items()},
                 )
             )
         return outcomes

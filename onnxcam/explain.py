@@ -164,7 +164,7 @@ class Explainer:
         head = self.prepared.head
         if head is None:
             return {"head": None, "reason": self.prepared.head_note}
-        return {"head_nodes": head.nodes, "model_nodes": head.total, "clean": list(head.clean)}
+        return {"head_nodes": head.nodes, "model_nodes": head.total, "clean": list(head.side)}
 
     def batch_size(self) -> int:
         """Passes per run: the user's choice, capped by what the model allows."""

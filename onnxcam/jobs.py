@@ -141,8 +141,8 @@ def head_feeds(fwd: Forward, inputs: Any, prepared: Prepared) -> Any:
             for cand, maps in zip(cands, block, strict=True):
                 shaped = cand.layout.from_chw(maps)
                 feed[head.feeds[cand.tensor]] = np.ascontiguousarray(shaped, np.float32)
-            for name in head.clean:
-                feed[head.feeds[name]] = np.repeat(fwd.clean[name], n, axis=0)
+            for name in head.side:
+                feed[head.feeds[name]] = np.repeat(fwd.side[name], n, axis=0)
             yield feed
 
     return feeds

@@ -45,8 +45,8 @@ class Prepared:
         head: the model after the explained node(s), for methods that perturb feature maps
             (None when it could not be split off: ``head_note`` says why).
         head_note: why there is no head.
-        clean_outputs: for each tensor the head takes at its clean value, the output of the
-            session that gives it.
+        side_outputs: for each of the head's side inputs (taken at its clean value), the
+            output of the session that gives it.
         provider: what serves the session (the backend says).
     """
 
@@ -66,7 +66,7 @@ class Prepared:
     resize: str
     head: graph.Head | None = None
     head_note: str | None = None
-    clean_outputs: tuple[tuple[str, str], ...] = ()
+    side_outputs: tuple[tuple[str, str], ...] = ()
     provider: str = ""
 
 
@@ -115,17 +115,17 @@ def prepare(config: ExplainerConfig) -> Prepared:
         exposed = graph.to_float16(model)
         head, head_note = _split(exposed, cuts, graph.GraphIndex(exposed), index.outputs, split)
         exposed_as: dict[str, str] = {}
-        for name in [*cuts, *(head.clean if head else ())]:
+        for name in [*cuts, *(head.side if head else ())]:
             exposed, exposed_as[name] = graph.expose_float32(exposed, name)
         feature_outputs = [exposed_as[name] for name in cuts]
-        clean_outputs = [(name, exposed_as[name]) for name in (head.clean if head else ())]
+        side_outputs = [(name, exposed_as[name]) for name in (head.side if head else ())]
     else:
         exposed = model
         head, head_note = _split(exposed, cuts, index, index.outputs, split)
-        for name in [*cuts, *(head.clean if head else ())]:
+        for name in [*cuts, *(head.side if head else ())]:
             exposed = graph.expose(exposed, name, index, copy=False)
         feature_outputs = cuts
-        clean_outputs = [(name, name) for name in (head.clean if head else ())]
+        side_outputs = [(name, name) for name in (head.side if head else ())]
     del model
     plain, freed, batch_dim = _serialized(exposed, index)
     del exposed
@@ -134,8 +134,8 @@ def prepare(config: ExplainerConfig) -> Prepared:
     if head is not None and batch_dim is not None and fixed is None:  # freed: the head too
         head = replace(head, model=graph.make_batch_dynamic(head.model)[0])
     labels = _labels(config.labels, metadata, notes)
-    if head is not None and head.clean and METHODS[config.method].space == "head":
-        shown = ", ".join(f"'{name}'" for name in head.clean)
+    if head is not None and head.side and METHODS[config.method].space == "head":
+        shown = ", ".join(f"'{name}'" for name in head.side)
         notes.append(
             f"the head after the node also reads {shown}, computed from the image before the "
             "node: it gets their clean values"
@@ -145,7 +145,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     dynamic = not all(isinstance(d, int) for d in shape[1:])
     return Prepared(
         metadata, norm, spec, candidates, tuple(feature_outputs), outputs, session, fixed, dynamic,
-        default_batch, labels, tuple(notes), kind, resize, head, head_note, tuple(clean_outputs),
+        default_batch, labels, tuple(notes), kind, resize, head, head_note, tuple(side_outputs),
         backend.provider(session),
     )  # fmt: skip
 

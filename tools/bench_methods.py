@@ -62,8 +62,8 @@ def head_cost(explainer, image: Path, runs: int) -> str:
     for cand, maps in zip(explainer.candidates, fwd.features, strict=True):
         shaped = cand.layout.from_chw(maps[None])[0]
         feed[head.feeds[cand.tensor]] = np.repeat(shaped[None], batch, axis=0)
-    for name in head.clean:
-        feed[head.feeds[name]] = np.repeat(fwd.clean[name], batch, axis=0)
+    for name in head.side:
+        feed[head.feeds[name]] = np.repeat(fwd.side[name], batch, axis=0)
     stage = explainer.stage(_head_method())
     outputs = [o.name for o in explainer.prepared.outputs]
     inputs = np.repeat(fwd.x, batch, axis=0)
@@ -71,7 +71,7 @@ def head_cost(explainer, image: Path, runs: int) -> str:
     explainer.session.run(inputs, outputs)
     head_s = _median_time(lambda: stage.session.run(feed, outputs), max(runs, 5)) / batch
     model_s = _median_time(lambda: explainer.session.run(inputs, outputs), max(runs, 5)) / batch
-    clean = f", clean inputs {', '.join(head.clean)}" if head.clean else ""
+    clean = f", side inputs {', '.join(head.side)}" if head.side else ""
     return (
         f"head: {head.nodes} of {head.total} nodes{clean}; per row at batch {batch}: head "
         f"{1000 * head_s:.3f} ms, whole model {1000 * model_s:.3f} ms "

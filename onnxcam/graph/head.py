@@ -27,9 +27,9 @@ class Head:
         model: the head as its own model (nodes, weights and opsets copied from the model).
         cuts: the explained tensors, in the order given; ``feeds[cut]`` is the head input
             that takes each one.
-        clean: the other tensors computed from the image that the head reads (a skip
-            connection, another scale of a detector, an output that does not depend on the
-            cuts): the head takes their clean values, ``feeds[name]`` being its input.
+        side: the head's side inputs: the other tensors computed from the image that it
+            reads (a skip connection, another scale of a detector, an output that does not
+            depend on the cuts); it takes their clean values, ``feeds[name]`` being its input.
         feeds: tensor of the full model -> the head input that takes it.
         nodes: how many nodes the head runs (``total`` in the whole model).
         total: the whole model's node count.
@@ -37,7 +37,7 @@ class Head:
 
     model: onnx.ModelProto
     cuts: tuple[str, ...]
-    clean: tuple[str, ...]
+    side: tuple[str, ...]
     feeds: dict[str, str]
     nodes: int
     total: int
@@ -80,7 +80,7 @@ def split_head(
     integer tensor computed from the image (a shape, an index) comes along with the nodes
     that compute it, so it follows the batch the head runs; any other tensor computed from
     the image (a skip connection, another scale's map, the image itself) becomes a head
-    input that takes its clean value (``Head.clean``). An output that does not depend on the
+    input that takes its clean value (``Head.side``). An output that does not depend on the
     cuts is passed through from such an input. Float16 inputs are taken as float32 and cast.
     A cut computed from another cut (two scales of a detector's neck) is an input too: the
     nodes between them are not run.
@@ -122,7 +122,7 @@ def split_head(
         raise NodeError(f"no output of the model depends on {shown}")
     produced = {name for i in taken for name in nodes[i].output if name}
     inits = {init.name for init in model.graph.initializer}
-    clean: list[str] = []
+    side: list[str] = []
     pending = [name for i in sorted(taken) for name in _reads(nodes[i])]
     pending += [name for name in wanted if name not in reach]
     seen: set[str] = set()
@@ -138,15 +138,15 @@ def split_head(
             produced.update(n for n in nodes[j].output if n)
             pending.extend(_reads(nodes[j]))
         else:
-            clean.append(name)
+            side.append(name)
     head = onnx.ModelProto(ir_version=model.ir_version, producer_name="onnxcam-head")
     head.opset_import.extend(model.opset_import)
     head.functions.extend(model.functions)
     graph = head.graph
     graph.name = f"{model.graph.name or 'model'}_head"
     feeds: dict[str, str] = {}
-    passed = [name for name in wanted if name not in reach and name in clean]
-    for name in [*cuts, *clean]:
+    passed = [name for name in wanted if name not in reach and name in side]
+    for name in [*cuts, *side]:
         elem = index.elem_type(name) or onnx.TensorProto.FLOAT
         shape = index.shape(name)
         dims: list[int | str | None] | None = None
@@ -183,4 +183,4 @@ def split_head(
             graph.output.append(
                 onnx.helper.make_tensor_value_info(name, index.elem_type(name) or 1, None)
             )
-    return Head(head, tuple(cuts), tuple(clean), feeds, len(taken), len(nodes))
+    return Head(head, tuple(cuts), tuple(side), feeds, len(taken), len(nodes))
