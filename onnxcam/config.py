@@ -59,7 +59,7 @@ class ExplainerConfig:
         mean, std, scale, bgr: override parts of the preset.
         size: (height, width) when the model's input size is not static.
         layout: ``NCHW`` or ``NHWC`` to override detection.
-        baseline: ``none``, ``zero``, ``black`` or ``blur`` (SPEC §2 step 4).
+        baseline: ``none``, ``zero``, ``black`` or ``blur`` (README: Score-CAM, the default method).
         batch_size: passes per run (default: from the model and a memory budget).
         threads: CPU threads for ONNX Runtime.
         device: ``auto``, ``cpu`` or ``cuda``.

@@ -29,7 +29,7 @@ from .runner import one_input
 from .targets import Target, TargetLike, checked_scores, resolve_targets
 
 __all__ = [
-    "METHODS",
+    "COMPARED",
     "REFERENCES",
     "SUBSTRATES",
     "Evaluation",
@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 REFERENCES = ("center", "random")
-METHODS = (*registry.METHODS, *REFERENCES)
+#: What ``evaluate`` compares: every saliency method, and the reference maps.
+COMPARED = (*registry.METHODS, *REFERENCES)
 SUBSTRATES = ("zero", "blur")
 
 Box = Sequence[float]
@@ -198,7 +199,7 @@ def evaluate(
     scores.
 
     Args:
-        methods: names from :data:`METHODS` (default: :func:`default_methods`).
+        methods: names from :data:`COMPARED` (default: :func:`default_methods`).
         settings: method name -> its options (others: the explainer's for its own method,
             the method's defaults otherwise).
         road: run ROAD (18 more passes and an imputation per level).
@@ -212,9 +213,9 @@ def evaluate(
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
     chosen = default_methods(explainer) if methods is None else tuple(methods)
-    unknown = [m for m in chosen if m not in METHODS]
+    unknown = [m for m in chosen if m not in COMPARED]
     if unknown:
-        raise ConfigError(f"unknown method '{unknown[0]}'; valid: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method '{unknown[0]}'; valid: {', '.join(COMPARED)}")
     settings = settings or {}
     fwd = explainer.forward(image)
     specs = resolve_targets(target)

@@ -43,8 +43,8 @@ from .render.report import THUMBS, report_names
 
 __all__ = [
     "LOCK_NAME",
-    "MANIFEST",
     "RESULTS",
+    "RUN_FILE",
     "OutputFolder",
     "fingerprint",
     "is_output_folder",
@@ -54,7 +54,7 @@ __all__ = [
     "unique_stems",
 ]
 
-MANIFEST = "run.json"
+RUN_FILE = "run.json"
 RESULTS = "results.jsonl"
 LOCK_NAME = ".onnxcam.lock"
 #: Each image's names, noted when claimed and before its files are written (see ``claim``).
@@ -118,7 +118,7 @@ def _records(out: Confined, counts: RecordCounts | None = None) -> Iterator[dict
 
 def is_output_folder(folder: Path) -> bool:
     """``folder`` holds an onnxcam run's ``run.json`` and ``results.jsonl``."""
-    return (folder / MANIFEST).is_file() and (folder / RESULTS).is_file()
+    return (folder / RUN_FILE).is_file() and (folder / RESULTS).is_file()
 
 
 #: Endings of the files an image's record names (a cleanup or ``--overwrite`` deletes only
@@ -218,7 +218,7 @@ class OutputFolder:
     def __exit__(self, *exc: object) -> None:
         self._close()
         if not self.finished and not self._kept:  # nothing worth resuming: leave no trace
-            for name in (MANIFEST, RESULTS):
+            for name in (RUN_FILE, RESULTS):
                 self.out.unlink(name)
         if self._claimed <= self._recorded:  # every claim has its line: no orphans to know
             self.out.unlink(PENDING)
@@ -269,14 +269,14 @@ class OutputFolder:
                     "writes through links in its output folder; remove it, or use another -o"
                 )
         before: Any = {}
-        text = out.read(MANIFEST, max_bytes=MAX_RECORD_BYTES)
+        text = out.read(RUN_FILE, max_bytes=MAX_RECORD_BYTES)
         if text is not None:
             try:
                 before = json.loads(text.decode("utf-8", errors="replace"))
             except ValueError:
                 before = {}
         before = before if isinstance(before, dict) else {}
-        made_before = out.lstat(MANIFEST) is not None or out.lstat(RESULTS) is not None
+        made_before = out.lstat(RUN_FILE) is not None or out.lstat(RESULTS) is not None
         same = before.get("fingerprint") == self.fingerprint
         if made_before and not same and not self.overwrite:
             raise OutputError(
@@ -311,14 +311,14 @@ class OutputFolder:
             present -= ours
         # the report's pictures are ours to redo too
         reported = set(report_names(self.path)) | {n for n in present if n.startswith(f"{THUMBS}/")}
-        own = {LOCK_NAME, MANIFEST, RESULTS, PENDING}
+        own = {LOCK_NAME, RUN_FILE, RESULTS, PENDING}
         self._protected = set(inputs) | {
             out.root / name for name in present - ours - own - reported
         }
         for files in self.finished.values():
             self._written.update(files)
         manifest = {"fingerprint": self.fingerprint, "settings": self.settings}
-        out.write(MANIFEST, (to_json(manifest, indent=2) + "\n").encode())
+        out.write(RUN_FILE, (to_json(manifest, indent=2) + "\n").encode())
         self._results = out.open_append(RESULTS)
         size = os.fstat(self._results.fileno()).st_size
         if size and os.pread(self._results.fileno(), 1, size - 1) != b"\n":

@@ -120,7 +120,7 @@ def _normalize(pixels: np.ndarray, spec: InputSpec, norm: Normalization) -> np.n
 def baseline_tensor(
     kind: str, x: np.ndarray, spec: InputSpec, norm: Normalization
 ) -> np.ndarray | None:
-    """The baseline input ``X_b`` of SPEC §2 step 5, or None for ``none``.
+    """The baseline input ``X_b`` (README: Score-CAM, the default method), or None for ``none``.
 
     ``zero`` is zeros in the model's input space, ``black`` a preprocessed black image,
     ``blur`` the input under a Gaussian blur (sigma = 1/20 of the shorter side, at least 1).

@@ -1,5 +1,5 @@
-"""The command line: bad input gets one clear line and a non-zero exit (SPEC §8), good input
-gets its four files and a complete JSON record."""
+"""The command line: bad input gets one clear line and a non-zero exit (README: Guarantees),
+good input gets its four files and a complete JSON record."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from onnxcam import ConfigError, Explainer, NumericalError
 
 
 def reference_map(weights: TinyWeights, image: np.ndarray, target: int | None = None):
-    """Score-CAM (SPEC §2, default semantics), naively: one channel at a time, cv2 resize."""
+    """Score-CAM (default semantics), naively: one channel at a time, cv2 resize."""
     x = (image.astype(np.float64) / 255.0).transpose(2, 0, 1)[None]
     acts = weights.features(x)[0]
     logits = weights.logits(x)[0]

@@ -14,7 +14,7 @@ import numpy as np
 from ..config import unused_flags
 from ..confined import Confined
 from ..errors import ConfigError, OnnxCamError
-from ..evaluate import METHODS, REFERENCES, SUBSTRATES, Evaluation, format_table, summarize
+from ..evaluate import COMPARED, REFERENCES, SUBSTRATES, Evaluation, format_table, summarize
 from ..evaluate import evaluate as run_evaluation
 from ..methods import METHODS as METHOD_CLASSES
 from ..outdir import relative_stems
@@ -63,10 +63,10 @@ def _methods(given: tuple[str, ...]) -> tuple[str, ...]:
     if not given:
         return ("scorecam", "activation", *REFERENCES)
     names = [name.strip() for text in given for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
+    unknown = [name for name in names if name not in COMPARED]
     if unknown:
         raise click.BadParameter(
-            f"unknown method '{safe(unknown[0])}'; valid: {', '.join(METHODS)}",
+            f"unknown method '{safe(unknown[0])}'; valid: {', '.join(COMPARED)}",
             param_hint="'--method'",
         )
     return tuple(dict.fromkeys(names))
@@ -108,7 +108,7 @@ def _image_boxes(truth: dict[str, Any], files: list[Path]) -> dict[Path, list[An
     multiple=True,
     metavar="NAME[,NAME...]",
     help=f"Methods and references to compare (comma-separated or repeated; from "
-    f"{', '.join(METHODS)}; default: scorecam, activation, center, random).",
+    f"{', '.join(COMPARED)}; default: scorecam, activation, center, random).",
 )
 @click.option(
     "--steps",

@@ -92,7 +92,7 @@ class ScoreCamOptions(Options):
 #: Named bundles that reproduce other implementations' maps.
 COMPAT: dict[str, ScoreCamOptions] = {
     # haofanwang/Score-CAM: softmax probability, masks and combination at input resolution,
-    # constant channels skipped. The final map is divided by its max (SPEC §2).
+    # constant channels skipped. The final map is divided by its max.
     "official": ScoreCamOptions(),
     # pytorch-grad-cam ScoreCAM: raw logit, align_corners=True masks with eps 1e-8, softmax
     # across channels, ReLU and min-max (eps 1e-7) at feature resolution, cv2.resize, min-max.
