@@ -6,19 +6,21 @@ import os
 import sys
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import preprocess
-from ..config import method_flags, method_options
+from ..config import method_flags, method_options, model_sha256
 from ..errors import OnnxCamError
 from ..explain import Explainer
 from ..geometry import RESIZES
 from ..methods import METHODS
 from ..methods.scorecam import BASELINES
-from ..outdir import is_output_folder, recorded_files
+from ..outdir import NAMING, is_output_folder, recorded_files
+from ..result import version
 from ..runtime import DEVICES
 from ..targets import TargetSpec, load_target_file, parse_target
 
@@ -283,3 +285,24 @@ def finish(failures: int, total: int) -> None:
         sys.exit(1)  # the error line already says it all
     if failures:
         raise click.ClickException(f"{failures} of {total} images failed")
+
+
+def run_settings(
+    explainer: Explainer, targets: list[TargetSpec] | None, alpha: float
+) -> dict[str, Any]:
+    """What decides the contents of a run's files (see :mod:`onnxcam.outdir`)."""
+    config = explainer.config
+    return {
+        "model_sha256": model_sha256(config.model),
+        "node": ",".join(c.tensor for c in explainer.candidates),
+        "method": explainer.method.name,
+        "method_options": explainer.method.options(),
+        "preprocess": asdict(explainer.norm),
+        "input": [explainer.spec.height, explainer.spec.width, explainer.spec.layout],
+        "targets": None if targets is None else [t.spec for t in targets],
+        "labels": config.labels,
+        "fp16": config.fp16,
+        "alpha": alpha,
+        "onnxcam_version": version(),
+        "naming": NAMING,
+    }

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..config import model_sha256
 from ..errors import OnnxCamError, OutputError
-from ..explain import Explainer
 from ..methods import METHODS
-from ..outdir import NAMING, OutputFolder, relative_stems
+from ..outdir import OutputFolder, relative_stems
 from ..records import RecordCounts
 from ..render import report_files
 from ..render.report import write_report
-from ..result import Result, file_names, version
-from ..targets import TargetSpec
+from ..result import Result, file_names
 from .common import (
     echo,
     explainer_options,
@@ -27,9 +23,10 @@ from .common import (
     image_files,
     open_explainer,
     report_error,
+    run_settings,
     target_specs,
 )
-from .scale import engine_options, explain_on_ray, refuse_ray_options
+from .dataset import engine_options, explain_on_ray, refuse_ray_options
 
 
 def _channels(result: Result) -> str:
@@ -56,27 +53,6 @@ def _report(path: Path, result: Result, paths: dict[str, Path]) -> None:
     echo(f"{path}: {len(result.targets)} targets{cost} -> {paths['json']}")
     for i, target in enumerate(result.targets):
         echo(f"  t{i}: {target.info['summary']} -> {paths[f't{i}_overlay'].name}")
-
-
-def run_settings(
-    explainer: Explainer, targets: list[TargetSpec] | None, alpha: float
-) -> dict[str, Any]:
-    """What decides the contents of a run's files (see :mod:`onnxcam.outdir`)."""
-    config = explainer.config
-    return {
-        "model_sha256": model_sha256(config.model),
-        "node": ",".join(c.tensor for c in explainer.candidates),
-        "method": explainer.method.name,
-        "method_options": explainer.method.options(),
-        "preprocess": asdict(explainer.norm),
-        "input": [explainer.spec.height, explainer.spec.width, explainer.spec.layout],
-        "targets": None if targets is None else [t.spec for t in targets],
-        "labels": config.labels,
-        "fp16": config.fp16,
-        "alpha": alpha,
-        "onnxcam_version": version(),
-        "naming": NAMING,
-    }
 
 
 def _error_line(path: Path, exc: OnnxCamError) -> dict[str, Any]:
@@ -172,7 +148,7 @@ def explain(
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
     emphasis = emphasize_threshold if emphasize else None
-    if options["engine"] == "ray":  # a whole dataset on Ray Data (onnxcam.cli.scale)
+    if options["engine"] == "ray":  # a whole dataset on Ray Data (onnxcam.cli.dataset)
         explain_on_ray(
             model, images, out_dir=out_dir, alpha=alpha, emphasis=emphasis, report=report,
             overwrite=overwrite, options=options, method=method,

@@ -25,13 +25,13 @@ from onnxcam.outdir import relative_stems
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from onnxcam.scale.ledger import CrashLedger  # noqa: E402 (needs pyarrow)
-from onnxcam.scale.manifest import from_paths, read_manifest  # noqa: E402
-from onnxcam.scale.naming import assign_stems, blocked_stems  # noqa: E402
-from onnxcam.scale.preflight import check_resources, sees_shared  # noqa: E402
-from onnxcam.scale.schema import RESULT_SCHEMA, ROW_SCHEMA  # noqa: E402
-from onnxcam.scale.table import TableWriter, finished_paths, latest_rows, reconcile  # noqa: E402
-from onnxcam.scale.worker import LEDGER, ExplainWorker, WorkerSettings  # noqa: E402
+from onnxcam.dataset.ledger import CrashLedger  # noqa: E402 (needs pyarrow)
+from onnxcam.dataset.manifest import from_paths, read_manifest  # noqa: E402
+from onnxcam.dataset.naming import assign_stems, blocked_stems  # noqa: E402
+from onnxcam.dataset.preflight import check_resources, sees_shared  # noqa: E402
+from onnxcam.dataset.schema import RESULT_SCHEMA, ROW_SCHEMA  # noqa: E402
+from onnxcam.dataset.table import TableWriter, finished_paths, latest_rows, reconcile  # noqa: E402
+from onnxcam.dataset.worker import LEDGER, ExplainWorker, WorkerSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_ray_options_need_the_ray_engine(tmp_path):
 def test_without_the_extra_the_ray_engine_is_one_line(tmp_path, monkeypatch):
     image = write_shapes(tmp_path / "data", 1)[0]
     monkeypatch.setitem(sys.modules, "ray", None)  # as if onnxcam[ray] were not installed
-    monkeypatch.delitem(sys.modules, "onnxcam.scale.ray", raising=False)
+    monkeypatch.delitem(sys.modules, "onnxcam.dataset.ray", raising=False)
     out = tmp_path / "out"
     args = ["explain", str(SHAPES_MODEL), str(image), "-o", str(out), "--engine", "ray"]
     result = CliRunner().invoke(cli, args)
@@ -331,8 +331,8 @@ def test_one_image_named_two_ways_is_listed_twice_and_uri_rows_move_no_local_nam
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_a_fifo_or_a_device_row_is_an_error_not_a_hang(tmp_path):
+    from onnxcam.dataset.manifest import read_bytes
     from onnxcam.errors import ImageError
-    from onnxcam.scale.manifest import read_bytes
 
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)

@@ -12,12 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .common import IMAGE_SUFFIXES, collect_images, echo, finish, option_group, safe, target_specs
+from .common import (
+    IMAGE_SUFFIXES,
+    collect_images,
+    echo,
+    finish,
+    open_explainer,
+    option_group,
+    run_settings,
+    safe,
+    target_specs,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..scale.job import Progress
+    from ..dataset.job import Progress
 
 ENGINES = ("local", "ray")
 _RAY_ONLY = (
@@ -76,7 +86,7 @@ def refuse_ray_options(options: dict[str, Any]) -> None:
 def dataset_manifest(images: tuple[str, ...], out_dir: Path) -> pa.Table:
     """The images to explain: one manifest (``.csv``/``.parquet``), or files and folders,
     local or URIs (folders listed recursively, outputs never taken as inputs)."""
-    from ..scale.manifest import from_paths, is_manifest, is_uri, list_folder, read_manifest
+    from ..dataset.manifest import from_paths, is_manifest, is_uri, list_folder, read_manifest
 
     manifests = [i for i in images if is_manifest(i)]
     if manifests:
@@ -122,9 +132,7 @@ def explain_on_ray(
 ) -> None:
     """Run ``explain`` with ``method`` as a Ray job; print the progress, the failures and one
     summary line."""
-    from ..scale.ray import JobOptions, run_job  # imports Ray: only here
-    from .common import open_explainer
-    from .explain import run_settings
+    from ..dataset.ray import JobOptions, run_job  # imports Ray: only here
 
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(out_dir)):  # click made s3://b/o s3:/b/o
         raise click.BadParameter(

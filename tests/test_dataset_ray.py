@@ -26,9 +26,9 @@ from onnxcam.cli import cli
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from onnxcam.dataset.schema import ROW_SCHEMA  # noqa: E402
 from onnxcam.scale.manifest import from_paths  # noqa: E402 (needs pyarrow)
 from onnxcam.scale.ray import JobOptions, Progress, explain_dataset, run_job  # noqa: E402
-from onnxcam.scale.schema import ROW_SCHEMA  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:::ray")  # Ray's notices about its own options

@@ -1,12 +1,12 @@
 """The worker: a batch of manifest rows in, one result row per image out, files written.
 
-Plain Python (no Ray): :mod:`onnxcam.scale.ray` wraps it in an actor, and anything else that
+Plain Python (no Ray): :mod:`onnxcam.dataset.ray` wraps it in an actor, and anything else that
 runs callables over batches could too. One :class:`~onnxcam.Explainer` per worker, built from
 the picklable config; the images of a batch share their masked passes
 (:meth:`~onnxcam.Explainer.explain_many`). Every image gets its files (the same names and
 contents as a local run: :meth:`~onnxcam.Result.save`) and one row; a bad image is an ``error``
 row and never takes its neighbours with it; an image that kills the worker is retried alone and
-quarantined after ``max_crashes`` (:mod:`onnxcam.scale.ledger`).
+quarantined after ``max_crashes`` (:mod:`onnxcam.dataset.ledger`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class ExplainWorker:
 
     Calling it with a batch (a ``pyarrow.Table`` or a mapping of columns: ``path``, and
     optionally ``location``, ``stem``, ``target``, ``label``) returns a table of
-    :data:`~onnxcam.scale.schema.ROW_SCHEMA`, one row per input row, in order.
+    :data:`~onnxcam.dataset.schema.ROW_SCHEMA`, one row per input row, in order.
     """
 
     def __init__(

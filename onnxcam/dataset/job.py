@@ -21,8 +21,8 @@ SUMMARY = "summary.json"
 
 @dataclass(frozen=True, kw_only=True)
 class JobOptions:
-    """How :func:`~onnxcam.scale.ray.run_job` runs (see
-    :func:`~onnxcam.scale.ray.explain_dataset` for the worker options).
+    """How :func:`~onnxcam.dataset.ray.run_job` runs (see
+    :func:`~onnxcam.dataset.ray.explain_dataset` for the worker options).
 
     Attributes:
         address: the Ray cluster (``auto``, ``ray://host:port``); default ``RAY_ADDRESS``,
@@ -86,7 +86,7 @@ class Progress:
 
 @dataclass
 class JobSummary:
-    """What :func:`~onnxcam.scale.ray.run_job` did; also written to ``OUT/summary.json``.
+    """What :func:`~onnxcam.dataset.ray.run_job` did; also written to ``OUT/summary.json``.
 
     ``stopped`` is None for a run that went through, else why it stopped early
     (``interrupted``, ``stalled``, or the error that would fail every image, which is in
