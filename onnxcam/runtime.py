@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DeviceError, ModelError, TimeLimitError
+from .text import first_line
 
 __all__ = [
     "DEVICES",
@@ -238,7 +239,7 @@ class Session:
             ):
                 self._session = ort.InferenceSession(model_bytes, options, providers=chosen)
         except Exception as exc:
-            raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+            raise ModelError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from exc
         served = self._session.get_providers()
         first = chosen[0] if isinstance(chosen[0], str) else chosen[0][0]
         if providers is not None and served[0] != first:
@@ -292,7 +293,7 @@ class Session:
             shown = ", ".join(f"'{name}' {tuple(value.shape)}" for name, value in feeds.items())
             if isinstance(feed, np.ndarray):
                 shown = f"an input of shape {tuple(feed.shape)}"
-            raise ModelError(f"ONNX Runtime failed on {shown}: {_first_line(exc)}") from exc
+            raise ModelError(f"ONNX Runtime failed on {shown}: {first_line(exc)}") from exc
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -301,8 +302,3 @@ class Session:
 
 def _terminate(options: Any) -> None:
     options.terminate = True
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
