@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,26 +20,17 @@ from ..methods.scorecam import BASELINES
 from ..outdir import is_output_folder, recorded_files
 from ..runtime import DEVICES
 from ..targets import TargetSpec, load_target_file, parse_target
+from ..text import escape as safe
 
 IMAGE_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm",
 }  # fmt: skip
 
 
-def safe(text: object) -> str:
-    """``text`` with control and other unprintable characters escaped, so names from models
-    and file systems cannot move the cursor, recolour or rewrite the terminal."""
-    out = []
-    for char in str(text):
-        if char in "\n\t" or unicodedata.category(char)[0] != "C":
-            out.append(char)
-        else:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
-
-
 def echo(text: object, *, err: bool = False) -> None:
+    """Print ``text`` as one line: every control character in it is escaped, newlines
+    included, so that no name from a model or a file system can start a line of its own.
+    Output of several lines is several calls."""
     click.echo(safe(text), err=err)
 
 
@@ -280,12 +270,14 @@ def open_explainer(
 def image_files(images: tuple[Path, ...], *, exclude: Path | None = None) -> list[Path]:
     files = collect_images(images, exclude=exclude)
     if not files:
-        raise click.ClickException(safe("no image files found in " + ", ".join(map(str, images))))
+        raise click.ClickException("no image files found in " + ", ".join(map(str, images)))
     return files
 
 
 def report_error(exc: OnnxCamError, after_bar: bool) -> None:
-    echo(f"\nError: {exc}" if after_bar else f"Error: {exc}", err=True)
+    if after_bar:
+        click.echo(err=True)  # off the progress bar's line
+    echo(f"Error: {exc}", err=True)
 
 
 def finish(failures: int, total: int) -> None:

@@ -32,7 +32,6 @@ from .common import (
     method_settings,
     open_explainer,
     report_error,
-    safe,
     target_specs,
 )
 
@@ -64,7 +63,7 @@ def _methods(given: tuple[str, ...]) -> tuple[str, ...]:
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise click.BadParameter(
-            f"unknown method '{safe(unknown[0])}'; valid: {', '.join(METHODS)}",
+            f"unknown method '{unknown[0]}'; valid: {', '.join(METHODS)}",
             param_hint="'--method'",
         )
     return tuple(dict.fromkeys(names))
@@ -75,9 +74,7 @@ def _boxes(path: Path) -> dict[str, Any]:
     try:
         found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise click.BadParameter(
-            f"cannot read {safe(str(path))}: {exc}", param_hint="'--boxes'"
-        ) from None
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="'--boxes'") from None
     if not isinstance(found, dict):
         raise click.BadParameter(
             "expected a JSON object of file name -> boxes", param_hint="'--boxes'"
@@ -92,7 +89,7 @@ def _image_boxes(truth: dict[str, Any], files: list[Path]) -> dict[Path, list[An
         boxes = truth.get(str(path), truth.get(path.name))
         if not isinstance(boxes, list):
             why = "no entry" if boxes is None else "not a list of boxes"
-            raise click.BadParameter(f"{why} for {safe(path.name)}", param_hint="'--boxes'")
+            raise click.BadParameter(f"{why} for {path.name}", param_hint="'--boxes'")
         found[path] = boxes
     return found
 
@@ -206,7 +203,7 @@ def evaluate(
     if evaluations:
         table = summarize(evaluations)
         for line in format_table(table):
-            click.echo(line)
+            echo(line)
         document = {
             "model": str(model),
             "node": explainer.node_label,
@@ -222,7 +219,8 @@ def evaluate(
         write_atomic(out_file, (json.dumps(document, indent=2) + "\n").encode())
         grid = _map_pictures(folder, evaluations)
         report = write_evaluation_report(folder, document, grid)
-        echo(f"\nwrote {out_file} and {report}")
+        echo("")
+        echo(f"wrote {out_file} and {report}")
         if quantus_file is not None:
             write_atomic(quantus_file, quantus_npz(evaluations))
             echo(f"wrote {quantus_file}")

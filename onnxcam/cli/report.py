@@ -8,7 +8,7 @@ import click
 
 from ..outdir import is_output_folder
 from ..render import build_report
-from .common import echo, safe
+from .common import echo
 
 
 @click.command()
@@ -18,9 +18,7 @@ def report(out_dir: Path) -> None:
     (e.g. after a run that did not write them, or one on another engine)."""
     if not is_output_folder(out_dir):
         raise click.ClickException(
-            safe(
-                f"{out_dir} holds no onnxcam run (no run.json and results.jsonl); give the -o "
-                "folder of an `onnxcam explain` run"
-            )
+            f"{out_dir} holds no onnxcam run (no run.json and results.jsonl); give the -o "
+            "folder of an `onnxcam explain` run"
         )
     echo(build_report(out_dir))

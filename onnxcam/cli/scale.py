@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .common import IMAGE_SUFFIXES, collect_images, echo, finish, option_group, safe, target_specs
+from .common import IMAGE_SUFFIXES, collect_images, echo, finish, option_group, target_specs
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -92,7 +92,7 @@ def dataset_manifest(images: tuple[str, ...], out_dir: Path) -> pa.Table:
         else:
             paths += list_folder(given, IMAGE_SUFFIXES)
     if not paths:
-        raise click.ClickException(safe("no image files found in " + ", ".join(images)))
+        raise click.ClickException("no image files found in " + ", ".join(images))
     return from_paths(list(dict.fromkeys(paths)))
 
 
