@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from . import graph, methods, modelinfo, ops, preprocess
-from .config import ExplainerConfig, method_options, model_name
+from .config import ExplainerConfig, method_options, model_name, plain_numbers, validate
 from .errors import ConfigError, NodeError, OnnxCamError
 from .geometry import Geometry
 from .methods import Clean, Method, Plan, TargetMap
@@ -194,11 +194,11 @@ class Explainer:
             model=model if isinstance(model, bytes) else str(model),
             node=node,
             preset=preset,
-            mean=None if mean is None else tuple(float(v) for v in mean),
-            std=None if std is None else tuple(float(v) for v in std),
+            mean=None if mean is None else plain_numbers(mean),
+            std=None if std is None else plain_numbers(std),
             scale=scale,
             bgr=bgr,
-            size=None if size is None else (int(size[0]), int(size[1])),
+            size=None if size is None else plain_numbers(size, integer=True),
             layout=layout,
             baseline=baseline,
             batch_size=batch_size,
@@ -230,6 +230,7 @@ class Explainer:
         return (Explainer.from_config, (self.config,))
 
     def _build(self, config: ExplainerConfig) -> None:
+        validate(config)  # before anything uses a setting
         self.config = config
         self.method: Method = methods.create(
             config.method,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import check_rendering
 from .render import Mark, write_explanation
 
 __all__ = ["SCHEMA_VERSION", "Result", "TargetResult", "file_names", "version"]
@@ -220,7 +221,13 @@ class Result:
         """Write each target's overlay PNG, grayscale PNG and ``.npy`` map, and the JSON
         record (see :func:`file_names`); return the written paths. With ``emphasize`` (a
         threshold in [0, 1]), also an overlay of the map through a steep sigmoid around it,
-        so the attended region stands out and the rest fades."""
+        so the attended region stands out and the rest fades.
+
+        Raises:
+            ConfigError: ``alpha`` or ``emphasize`` outside [0, 1] (NaN included).
+            OutputError: a file cannot be written.
+        """
+        check_rendering(alpha, emphasize)
         name = stem or (Path(self.source).stem if self.source else "image")
         emphasized = emphasize is not None
         return write_explanation(

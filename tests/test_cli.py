@@ -19,6 +19,7 @@ from conftest import SIZE, build_tiny, nan_weights, tiny_weights
 
 from onnxcam import Explainer, OnnxCamError
 from onnxcam.cli import cli
+from onnxcam.config import MAX_THREADS
 
 OUTPUT_FILES = ("{}.json", "{}.npy", "{}_overlay.png", "{}_saliency.png")
 RUN_FILES = ("results.jsonl", "run.json")  # every run: its records and its settings
@@ -355,6 +356,52 @@ def test_malformed_options_are_usage_errors(
     assert "Usage:" in result.output and option in result.output
     assert_clear_failure(result, phrase)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (("--time-limit", "inf"), "a number above 0 and at most 604800 seconds, got inf"),
+        (("--budget", "inf"), "a number above 0 and at most 604800 seconds, got inf"),
+        (("--budget", "nan"), "got nan"),
+        (("--emphasize-threshold", "nan"), "a number from 0 to 1, got nan"),
+        (("--alpha", "nan"), "a number from 0 to 1, got nan"),
+        (("--alpha", "-inf"), "a number from 0 to 1, got -inf"),
+        (("--std", "inf"), "each value must be a number from 1e-06 to 1e+06, got inf"),
+        (("--std", "0,1,1"), "each value must be a number from 1e-06 to 1e+06, got 0.0"),
+        (("--mean", "nan"), "each value must be a number from -1e+06 to 1e+06, got nan"),
+        (("--scale", "1e308"), "a number above 0 and at most 1e+06, got 1e+308"),
+        (("--scale", "-1"), "a number above 0 and at most 1e+06"),
+        (("--threads", "100000"), f"an integer from 1 to {MAX_THREADS}, got 100000"),
+        (("--threads", "1.5"), "'1.5' is not an integer from 1 to"),
+        (("--batch-size", "0"), "an integer of at least 1, got 0"),
+        (("--max-pixels", "-5"), "an integer of at least 1, got -5"),
+    ],
+)
+def test_numbers_out_of_range_get_one_line_naming_the_option_and_range(
+    inputs: Path, out: Path, extra: tuple[str, ...], phrase: str
+) -> None:
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out, extra=extra)
+    assert result.exit_code == 2, result.output
+    assert_clear_failure(result, f"Invalid value for '{extra[0]}'", phrase)
+    assert "Warning" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (("--method", "sscam", "--noise", "inf"), "--noise must be a number from 0 to 1000"),
+        (("--method", "sscam", "--noise", "1e308"), "--noise must be a number from 0 to 1000"),
+        (("--method", "rise", "--keep", "nan"), "--keep must be a number above 0 and at most 1"),
+        (("--method", "rise", "--cells", "100000"), "--cells must be an integer from 1 to 256"),
+    ],
+)
+def test_method_numbers_out_of_range_get_one_line(
+    inputs: Path, out: Path, extra: tuple[str, ...], phrase: str
+) -> None:
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out, extra=extra)
+    assert_clear_failure(result, phrase)
+    assert "Warning" not in result.output and not out.exists()
 
 
 def test_real_process_prints_only_its_own_message(inputs: Path, out: Path) -> None:

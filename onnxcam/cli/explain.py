@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..config import model_sha256
+from ..config import RENDER_LIMITS, model_sha256
 from ..errors import OnnxCamError
 from ..explain import Explainer
 from ..methods import METHODS
@@ -19,6 +19,7 @@ from ..render import build_report, report_files, write_thumbnails
 from ..result import Result, file_names, version
 from ..targets import TargetSpec
 from .common import (
+    InRange,
     echo,
     explainer_options,
     finish,
@@ -102,7 +103,7 @@ def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], lis
 @explainer_options
 @click.option(
     "--alpha",
-    type=click.FloatRange(0, 1),
+    type=InRange(RENDER_LIMITS["alpha"]),
     default=0.5,
     show_default=True,
     help="Weight of the heat map in the overlay.",
@@ -115,7 +116,7 @@ def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], lis
 )
 @click.option(
     "--emphasize-threshold",
-    type=click.FloatRange(0, 1),
+    type=InRange(RENDER_LIMITS["emphasize"]),
     default=0.5,
     show_default=True,
     help="Where the emphasized map's sigmoid is centred.",

@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"--engine ray needs Ray Data ({exc.name or exc} is missing): pip install 'onnxcam[ray]'"
     ) from None
 
-from ..config import ExplainerConfig, model_sha256
+from ..config import MAX_THREADS, ExplainerConfig, model_sha256
 from ..explain import Explainer
 from ..outdir import OutputFolder
 from ..quiet import native_stderr_silenced
@@ -97,7 +97,8 @@ class _Actor:
     ) -> None:
         context = ray.get_runtime_context()
         cpus = float(context.get_assigned_resources().get("CPU", 1.0))
-        threads = config.threads or max(1, int(cpus))
+        # A node may claim more CPUs than it has (ray start --num-cpus): threads stay in range.
+        threads = config.threads or max(1, min(int(cpus), MAX_THREADS))
         if config.providers is None:
             device = "cuda" if gpus > 0 else ("cpu" if config.device == "auto" else config.device)
             config = replace(config, threads=threads, device=device)
