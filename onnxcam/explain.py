@@ -143,7 +143,8 @@ class Explainer:
             close the map is to the exact one).
         time_limit_s: seconds an image's passes may take in all; a model that runs longer
             (one that never finishes) is stopped and the image fails with a
-            :class:`TimeLimitError`.
+            :class:`TimeLimitError`. ONNX Runtime stops between operators: a single
+            operator that runs longer than the limit (a huge convolution) finishes first.
         resize: how images are fitted into the input: ``stretch`` (the whole image resized
             to the input size) or ``letterbox`` (aspect ratio kept, padded with grey 114, as
             Ultralytics does); default: ``letterbox`` for YOLO-family detectors, else

@@ -268,7 +268,8 @@ class Session:
         named outputs.
 
         With ``time_limit`` (seconds), a watchdog sets ONNX Runtime's ``RunOptions.terminate``
-        when the time is up, and the run stops with a :class:`TimeLimitError`. Callers that
+        when the time is up, and the run stops with a :class:`TimeLimitError` (ONNX Runtime
+        reads the flag between operators: one long operator runs to its end). Callers that
         explain images use :class:`onnxcam.runner.Runner`, which batches, pads and checks the
         values; this is the bare call.
         """

@@ -404,6 +404,11 @@ def test_method_numbers_out_of_range_get_one_line(
     assert "Warning" not in result.output and not out.exists()
 
 
+def test_time_limit_help_says_one_operator_is_not_interrupted() -> None:
+    result = invoke("explain", "--help")
+    assert "ONNX Runtime stops between operators" in " ".join(result.output.split())
+
+
 def test_real_process_prints_only_its_own_message(inputs: Path, out: Path) -> None:
     """Outside CliRunner: no library warnings (e.g. OpenCV's) leak onto the terminal."""
     ok, buf = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8) + 7)

@@ -192,7 +192,9 @@ _EXPLAINER_OPTIONS = [
                       "this many seconds per image (the record estimates the fidelity)."),
     click.option("--time-limit", "time_limit_s", type=InRange(LIMITS["time_limit_s"]),
                  metavar="SECONDS",
-                 help="Stop an image whose passes take longer (a model that never finishes)."),
+                 help="Stop an image whose passes take longer (a model that never finishes). "
+                      "ONNX Runtime stops between operators: one operator that runs longer "
+                      "(e.g. a huge convolution) finishes first."),
     click.option("--batch-size", type=InRange(LIMITS["batch_size"]),
                  help="Masked passes per run."),
     click.option("--threads", type=InRange(LIMITS["threads"]),
