@@ -24,7 +24,7 @@ from .geometry import RESIZES
 from .methods import METHODS
 from .methods.scorecam import BASELINES
 from .preprocess import Normalization
-from .runtime import ProviderSpec
+from .runtime import ProviderSpec, provider_specs, session_option_types
 
 __all__ = [
     "BASELINES",
@@ -235,6 +235,11 @@ def model_name(model: str | bytes) -> str:
 
 def validate(config: ExplainerConfig) -> None:
     """Every option in range, or a :class:`ConfigError` naming it and what is valid."""
+    if not isinstance(config.model, (str, bytes)):
+        raise ConfigError(
+            "the model must be a path, the model's bytes or an onnx.ModelProto, not "
+            f"{type(config.model).__name__}"
+        )
     if config.method not in METHODS:
         raise ConfigError(f"unknown method '{config.method}'; valid: {', '.join(METHODS)}")
     if config.options is not None:
@@ -273,8 +278,51 @@ def validate(config: ExplainerConfig) -> None:
             raise ConfigError(f"each size value {problem}")
     if config.resize is not None and config.resize not in RESIZES:
         raise ConfigError(f"unknown resize '{config.resize}'; valid: {', '.join(RESIZES)}")
-    if config.providers is not None and config.device != "auto":
-        raise ConfigError("pass either a device or a list of execution providers, not both")
+    if config.providers is not None:
+        provider_specs(config.providers)
+        if config.device != "auto":
+            raise ConfigError("pass either a device or a list of execution providers, not both")
+    if config.session_options is not None:
+        _check_session_options(config.session_options)
+
+
+#: The integer session options' ranges: 0 threads is ONNX Runtime's default; log severity
+#: -1 is the default logger's, then 0 (verbose) to 4 (fatal).
+_SESSION_INTS = {
+    "intra_op_num_threads": Bounds(0, MAX_THREADS, integer=True),
+    "inter_op_num_threads": Bounds(0, MAX_THREADS, integer=True),
+    "log_severity_level": Bounds(-1, 4, integer=True),
+    "log_verbosity_level": Bounds(0, 1000, integer=True),
+}
+
+
+def _check_session_options(options: Any) -> None:
+    """Each session option's value is of its property's type and in range."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"session_options must be a mapping, not {type(options).__name__}")
+    kinds = session_option_types()
+    for name, value in options.items():
+        if name == "config_entries":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise ConfigError(
+                    "session option config_entries must be a mapping of session config keys "
+                    "to values, e.g. {'session.intra_op.allow_spinning': '0'}"
+                )
+            continue
+        if name not in kinds:
+            raise ConfigError(
+                f"unknown session option '{name}'; valid: {', '.join(kinds)}, config_entries"
+            )
+        kind = kinds[name]
+        if name in _SESSION_INTS:
+            problem = _SESSION_INTS[name].problem(value)
+        elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            problem = None
+        else:
+            what = {bool: "True or False", str: "text"}.get(kind, f"an onnxruntime.{kind.__name__}")
+            problem = f"must be {what}, got {value!r:.80}"
+        if problem:
+            raise ConfigError(f"session option {name} {problem}")
 
 
 def preset_name(config: ExplainerConfig, metadata: Mapping[str, str], default: str) -> str:

@@ -7,6 +7,7 @@ pass runs through the one runner (:mod:`onnxcam.runner`).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ from .methods import Clean, Method, Plan, TargetMap
 from .prepare import Prepared, head_stage, linear_stage, prepare
 from .result import Result, TargetResult
 from .runner import Feed, Job, JobResult, Runner, Stage, one_input
-from .runtime import ProviderSpec, Session, session_settings
+from .runtime import ProviderSpec, Session, provider_specs, session_settings
 from .targets import BindContext, Target, TargetLike, checked_scores, resolve_targets
 from .targets.base import TargetSpec
 
@@ -106,8 +107,9 @@ class Explainer:
     """Explains an image model's outputs with a saliency method; the session is built once.
 
     Args:
-        model: the ``.onnx`` file's path, the model's bytes, or an ``onnx.ModelProto``
-            (never modified; external data only with a path).
+        model: the ``.onnx`` file's path, the model's bytes (``bytes``, ``bytearray`` or
+            ``memoryview``), or an ``onnx.ModelProto`` (never modified; external data only
+            with a path).
         node: ``auto``, a node name, or an output tensor name.
         preset: ``imagenet``, ``caffe``, ``tf``, ``unit`` or ``raw``; default: the model's
             ``onnxcam.preset`` metadata, else ``imagenet``.
@@ -153,7 +155,7 @@ class Explainer:
 
     def __init__(
         self,
-        model: str | Path | bytes | onnx.ModelProto,
+        model: str | os.PathLike[str] | bytes | bytearray | memoryview | onnx.ModelProto,
         *,
         node: str = "auto",
         preset: str | None = None,
@@ -187,12 +189,22 @@ class Explainer:
         label_spec: str | tuple[str, ...] | None
         if labels is None or isinstance(labels, (str, Path)):
             label_spec = None if labels is None else str(labels)
-        else:
+        elif isinstance(labels, Iterable):
             label_spec = tuple(labels)
+        else:
+            raise ConfigError(
+                "labels must be a labels file's path or a sequence of class names, not "
+                f"{type(labels).__name__}"
+            )
+        source: Any = model  # validate() names any other type
         if isinstance(model, onnx.ModelProto):
-            model = model.SerializeToString()
+            source = model.SerializeToString()
+        elif isinstance(model, (bytearray, memoryview)):
+            source = bytes(model)
+        elif isinstance(model, os.PathLike):
+            source = os.fsdecode(model)
         config = ExplainerConfig(
-            model=model if isinstance(model, bytes) else str(model),
+            model=source,
             node=node,
             preset=preset,
             mean=None if mean is None else plain_numbers(mean),
@@ -210,7 +222,7 @@ class Explainer:
             options=options,
             fp16=fp16,
             method=method,
-            providers=None if providers is None else tuple(providers),
+            providers=None if providers is None else provider_specs(providers),
             session_options=None if session_options is None else session_settings(session_options),
             budget_s=budget_s,
             time_limit_s=time_limit_s,

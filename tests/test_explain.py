@@ -238,6 +238,26 @@ def test_records_hold_no_nan_or_infinity_at_the_edges_of_every_range(tiny, image
         strict(paths["json"].read_text())
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_a_model_as_bytes_of_any_kind(tiny, image, kind):
+    explainer = Explainer(kind(tiny.read_bytes()), preset="unit")
+    assert isinstance(explainer.config.model, bytes)
+    np.testing.assert_array_equal(
+        explainer.explain(image).saliency, Explainer(tiny, preset="unit").explain(image).saliency
+    )
+
+
+@pytest.mark.parametrize("model", [5, None, ["m.onnx"]])
+def test_a_model_of_another_type_is_named(model):
+    with pytest.raises(ConfigError, match="the model must be a path, the model's bytes or an"):
+        Explainer(model)
+
+
+def test_labels_of_another_type_are_named(tiny):
+    with pytest.raises(ConfigError, match="labels must be a labels file's path or a sequence"):
+        Explainer(tiny, labels=5)
+
+
 def test_nan_output_is_reported(tmp_path, image):
     model = build_tiny(tmp_path / "nan.onnx", nan_weights())
     with pytest.raises(NumericalError, match="NaN"):
