@@ -409,6 +409,15 @@ def test_time_limit_help_says_one_operator_is_not_interrupted() -> None:
     assert "ONNX Runtime stops between operators" in " ".join(result.output.split())
 
 
+def test_files_that_never_end_get_one_line(inputs: Path, out: Path) -> None:
+    model, image = inputs / "model.onnx", inputs / "good.png"
+    for option in ("--labels", "--target-file"):
+        result = explain(model, image, out=out, extra=(option, "/dev/zero"))
+        assert_clear_failure(result, "/dev/zero", "not a regular file")
+    result = invoke("evaluate", model, image, "--boxes", "/dev/zero", "-o", out)
+    assert_clear_failure(result, "'--boxes'", "/dev/zero: not a regular file")
+
+
 def test_real_process_prints_only_its_own_message(inputs: Path, out: Path) -> None:
     """Outside CliRunner: no library warnings (e.g. OpenCV's) leak onto the terminal."""
     ok, buf = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8) + 7)

@@ -23,6 +23,7 @@ from ..render.evalreport import write_evaluation_report
 from ..render.overlay import overlay
 from ..render.sheet import thumbnail, write_jpeg
 from ..result import version
+from ..smallfiles import read_small_text
 from .common import (
     echo,
     explainer_options,
@@ -34,6 +35,8 @@ from .common import (
     report_error,
     target_specs,
 )
+
+MAX_BOXES_BYTES = 64 * 2**20  # boxes for every image of a large evaluation fit in far less
 
 
 def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str, dict[str, str]]]:
@@ -72,8 +75,10 @@ def _methods(given: tuple[str, ...]) -> tuple[str, ...]:
 def _boxes(path: Path) -> dict[str, Any]:
     """The ``--boxes`` file: image file name -> its boxes."""
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        found = json.loads(read_small_text(path, what="file", limit=MAX_BOXES_BYTES))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--boxes'") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="'--boxes'") from None
     if not isinstance(found, dict):
         raise click.BadParameter(
