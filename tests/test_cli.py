@@ -418,6 +418,12 @@ def test_files_that_never_end_get_one_line(inputs: Path, out: Path) -> None:
     assert_clear_failure(result, "'--boxes'", "/dev/zero: not a regular file")
 
 
+def test_nodes_fails_in_one_line_before_listing(inputs: Path) -> None:
+    result = invoke("nodes", inputs / "model.onnx", "--size", "1x2")
+    assert_clear_failure(result, "has no 4-D spatial feature map")
+    assert "input" not in result.output.split("Error:")[0]
+
+
 def test_real_process_prints_only_its_own_message(inputs: Path, out: Path) -> None:
     """Outside CliRunner: no library warnings (e.g. OpenCV's) leak onto the terminal."""
     ok, buf = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8) + 7)

@@ -35,19 +35,20 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
         if spec.layout == "NHWC":
             dims = (1, spec.height, spec.width, spec.channels)
         index = graph.GraphIndex(graph.with_input_size(proto, spec.name, dims))
-        echo(f"input '{spec.name}' {graph.fmt_shape(index.shape(spec.name) or ())} {spec.layout}")
+        given = f"input '{spec.name}' {graph.fmt_shape(index.shape(spec.name) or ())} {spec.layout}"
         shapes = {name: index.shape(name) for name in index.outputs}
         kind = modelinfo.model_kind(shapes, metadata, (spec.height, spec.width))
     except ConfigError:
-        echo(f"input '{index.inputs[0]}' {graph.fmt_shape(index.shape(index.inputs[0]) or ())} "
-             "(size known only with --size)")  # fmt: skip
-    outputs = [f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs]
-    _echo_wrapped(f"outputs {', '.join(outputs)}")
+        given = (f"input '{index.inputs[0]}' {graph.fmt_shape(index.shape(index.inputs[0]) or ())} "
+                 "(size known only with --size)")  # fmt: skip
     candidates = graph.spatial_candidates(index.model, index)
-    if not candidates:
+    if not candidates:  # before anything is printed: a failure is one line
         raise click.ClickException(
             f"{model} has no 4-D spatial feature map computed from its image input"
         )
+    echo(given)
+    outputs = [f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs]
+    _echo_wrapped(f"outputs {', '.join(outputs)}")
     choice: graph.AutoChoice | None
     try:
         if kind is not None and kind.detection is not None:
