@@ -113,12 +113,14 @@ class Explainer:
         node: ``auto``, a node name, or an output tensor name.
         preset: ``imagenet``, ``caffe``, ``tf``, ``unit`` or ``raw``; default: the model's
             ``onnxcam.preset`` metadata, else ``imagenet``.
-        mean, std, scale, bgr: override parts of the preset.
+        mean, std, scale, bgr: override parts of the preset (ranges: :data:`onnxcam.config.LIMITS`,
+            which keep the model's input finite in float32).
         size: (height, width) when the model's input size is not static.
         layout: ``NCHW`` or ``NHWC`` to override detection.
         baseline: ``none``, ``zero``, ``black`` or ``blur`` (SPEC §2 step 4).
         batch_size: passes per run (default: from the model and a memory budget).
-        threads: CPU threads for ONNX Runtime.
+        threads: CPU threads for ONNX Runtime, at most 4 per CPU this process may use
+            (:data:`onnxcam.config.MAX_THREADS`).
         device: ``auto``, ``cpu`` or ``cuda``.
         labels: a labels file or a sequence of names (default: the model's metadata).
         max_pixels: refuse images with more pixels than this.
