@@ -9,9 +9,12 @@ preset and the flags given, and :func:`method_flags` lists the flags for the com
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
+import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -23,19 +26,27 @@ from .layouts import INPUT_LAYOUTS
 from .methods import METHODS
 from .methods.scorecam import BASELINES
 from .preprocess import Normalization
-from .runtime import ProviderSpec
+from .runtime import ProviderSpec, provider_specs, session_option_types
 
 __all__ = [
     "BASELINES",
+    "JOB_LIMITS",
+    "LIMITS",
+    "MAX_SECONDS",
+    "MAX_THREADS",
     "PRESET_KEY",
+    "RENDER_LIMITS",
+    "Bounds",
     "ExplainerConfig",
     "Flag",
     "check_options",
+    "check_rendering",
     "method_flags",
     "method_options",
     "model_name",
     "model_sha256",
     "normalization",
+    "plain_numbers",
     "preset_name",
     "unused_flags",
     "validate",
@@ -43,6 +54,114 @@ __all__ = [
 
 PRESET_KEY = "onnxcam.preset"
 LAYOUTS = INPUT_LAYOUTS
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The valid values of a numeric setting: from ``low`` (excluded when ``low_open``) to
+    ``high``, whole numbers only when ``integer``. NaN and the infinities are never valid:
+    they mean no limit to no one, and the JSON of a record cannot hold them (``JSON.parse``
+    rejects ``NaN`` and ``Infinity``)."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    integer: bool = False
+    unit: str = ""  # ``seconds``: said after the range
+
+    def describe(self) -> str:
+        """``an integer from 1 to 1024``, ``a number above 0 and at most 604800 seconds``."""
+        kind = "an integer" if self.integer else "a number"
+        unit = f" {self.unit}" if self.unit else ""
+        if self.high == math.inf and self.low == -math.inf:
+            return f"{kind}{unit}" if self.integer else f"a finite number{unit}"
+        if self.high == math.inf:
+            kind = kind if self.integer else "a finite number"
+            return f"{kind} {'above' if self.low_open else 'of at least'} {self.low:g}{unit}"
+        if self.low_open:
+            return f"{kind} above {self.low:g} and at most {self.high:g}{unit}"
+        return f"{kind} from {self.low:g} to {self.high:g}{unit}"
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` is not valid (``must be ..., got ...``); None when it is."""
+        kind = numbers.Integral if self.integer else numbers.Real
+        number: Any = value  # integers compare exactly, however large (nothing overflows)
+        if (
+            isinstance(value, kind)
+            and not isinstance(value, bool)
+            and (self.integer or math.isfinite(number))
+            and (number > self.low if self.low_open else number >= self.low)
+            and number <= self.high
+        ):
+            return None
+        shown = str(value) if isinstance(value, numbers.Number) else repr(value)
+        return f"must be {self.describe()}, got {shown[:80]}"
+
+
+#: Seconds that a time budget or a time limit may be: far more than any image needs (a
+#: week), and within what a timer thread can wait (Python refuses ``inf``).
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+#: ONNX Runtime threads: at most four per CPU this process may use. Threads beyond the CPUs
+#: only take turns: on 2 CPUs, 64 threads made a job 17 times slower, 1024 nearly a thousand
+#: times (and 100 000 took 3.5 GB); the slack keeps a setting made for a somewhat larger
+#: machine usable here.
+MAX_THREADS = 4 * _cpus()
+#: Normalisation: presets in pixel and unit scale lie well inside ±1e6, and with
+#: ``std`` at least 1e-6 the model's input, ``(pixel * scale - mean) / std``, stays far
+#: inside float32 (no overflow to infinity before the model even runs).
+_NORM = 1e6
+
+#: The range of each numeric field of :class:`ExplainerConfig` (``mean`` and ``std``: of
+#: each of their values); the command line takes its options' ranges from here.
+LIMITS: dict[str, Bounds] = {
+    "mean": Bounds(-_NORM, _NORM),
+    "std": Bounds(1 / _NORM, _NORM),
+    "scale": Bounds(0, _NORM, low_open=True),
+    "batch_size": Bounds(1, integer=True),
+    "threads": Bounds(1, MAX_THREADS, integer=True),
+    "max_pixels": Bounds(1, integer=True),
+    "budget_s": Bounds(0, MAX_SECONDS, low_open=True, unit="seconds"),
+    "time_limit_s": Bounds(0, MAX_SECONDS, low_open=True, unit="seconds"),
+}
+
+_SIDE = Bounds(1, integer=True)  # pixels; modelinfo names the largest side it takes
+
+#: How results are drawn (:meth:`onnxcam.Result.save`): the map's weight in the overlay, and
+#: the threshold of the emphasized overlay's sigmoid.
+RENDER_LIMITS: dict[str, Bounds] = {"alpha": Bounds(0, 1), "emphasize": Bounds(0, 1)}
+
+
+#: The options of a job on Ray (:class:`onnxcam.scale.job.JobOptions`): no node has more CPUs
+#: or GPUs than these bounds (the preflight refuses what the cluster lacks); an image that
+#: killed its worker a thousand times will again.
+JOB_LIMITS: dict[str, Bounds] = {
+    "cpus_per_worker": Bounds(0, 1024, low_open=True),
+    "gpus_per_worker": Bounds(0, 1024),
+    "max_crashes": Bounds(1, 1000, integer=True),
+    "stall_timeout_s": Bounds(0, MAX_SECONDS, low_open=True, unit="seconds"),
+}
+
+
+def check_rendering(alpha: float, emphasize: float | None) -> None:
+    """``alpha`` and ``emphasize`` (None: no emphasized overlay) in range.
+
+    Raises:
+        ConfigError: naming the setting and its valid range.
+    """
+    for name, value in (("alpha", alpha), ("emphasize", emphasize)):
+        problem = None if value is None else RENDER_LIMITS[name].problem(value)
+        if problem:
+            raise ConfigError(f"{name} {problem}")
 
 
 @dataclass(frozen=True)
@@ -122,6 +241,25 @@ class ExplainerConfig:
     backend: str = "ort"
 
 
+def plain_numbers(values: Any, *, integer: bool = False) -> tuple[Any, ...]:
+    """``values`` (a number, or an iterable of them) as a tuple of plain Python numbers, so
+    that a config pickles and records as JSON; anything that is not a number (or, with
+    ``integer``, not a whole one) is kept as it is, for :func:`validate` to name."""
+    single = isinstance(values, (str, bytes)) or not isinstance(values, Iterable)
+    return tuple(_plain(v, integer) for v in ((values,) if single else values))
+
+
+def _plain(value: Any, integer: bool) -> Any:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    if not integer:
+        return number
+    return int(number) if number.is_integer() else value  # nan and inf are not integers
+
+
 def model_sha256(model: str | bytes) -> str:
     """sha256 of the model's bytes (read from its file, in chunks, when it is a path)."""
     digest = hashlib.sha256()
@@ -143,6 +281,11 @@ def model_name(model: str | bytes) -> str:
 
 def validate(config: ExplainerConfig) -> None:
     """Every option in range, or a :class:`ConfigError` naming it and what is valid."""
+    if not isinstance(config.model, (str, bytes)):
+        raise ConfigError(
+            "the model must be a path, the model's bytes or an onnx.ModelProto, not "
+            f"{type(config.model).__name__}"
+        )
     if config.method not in METHODS:
         raise ConfigError(f"unknown method '{config.method}'; valid: {', '.join(METHODS)}")
     if config.options is not None:
@@ -161,29 +304,73 @@ def validate(config: ExplainerConfig) -> None:
         )
     if config.layout is not None and config.layout not in LAYOUTS:
         raise ConfigError(f"unknown layout '{config.layout}'; valid: {', '.join(LAYOUTS)}")
-    if config.batch_size is not None and config.batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {config.batch_size}")
-    if config.threads is not None and config.threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {config.threads}")
-    if config.max_pixels < 1:
-        raise ConfigError(f"max_pixels must be positive, got {config.max_pixels}")
-    for name, values in (("mean", config.mean), ("std", config.std)):
-        if values is not None and len(values) not in (1, 3):
-            raise ConfigError(f"{name} needs 1 or 3 values, got {len(values)}")
-    if config.std is not None and any(v == 0 for v in config.std):
-        raise ConfigError("std values must be non-zero")
-    if config.size is not None and min(config.size) < 1:
-        raise ConfigError(f"size must be positive, got {config.size}")
-    if config.budget_s is not None and not config.budget_s > 0:
-        raise ConfigError(f"the time budget must be positive seconds, got {config.budget_s}")
-    if config.time_limit_s is not None and not config.time_limit_s > 0:
-        raise ConfigError(f"the time limit must be positive seconds, got {config.time_limit_s}")
+    for name, bounds in LIMITS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        shown, values = name, [value]
+        if name in ("mean", "std"):  # 1 or 3 values, each in range
+            if len(value) not in (1, 3):
+                raise ConfigError(f"{name} needs 1 or 3 values, got {len(value)}")
+            shown, values = f"each {name} value", list(value)
+        problem = next(filter(None, map(bounds.problem, values)), None)
+        if problem:
+            raise ConfigError(f"{shown} {problem}")
+    if config.size is not None:
+        if len(config.size) != 2:
+            raise ConfigError(f"size needs 2 values (height, width), got {len(config.size)}")
+        problem = next(filter(None, map(_SIDE.problem, config.size)), None)
+        if problem:
+            raise ConfigError(f"each size value {problem}")
     if config.resize is not None and config.resize not in RESIZES:
         raise ConfigError(f"unknown resize '{config.resize}'; valid: {', '.join(RESIZES)}")
     if config.backend not in BACKEND_NAMES:
         raise ConfigError(f"unknown backend '{config.backend}'; valid: {', '.join(BACKEND_NAMES)}")
-    if config.providers is not None and config.device != "auto":
-        raise ConfigError("pass either a device or a list of execution providers, not both")
+    if config.providers is not None:
+        provider_specs(config.providers)
+        if config.device != "auto":
+            raise ConfigError("pass either a device or a list of execution providers, not both")
+    if config.session_options is not None:
+        _check_session_options(config.session_options)
+
+
+#: The integer session options' ranges: 0 threads is ONNX Runtime's default; log severity
+#: -1 is the default logger's, then 0 (verbose) to 4 (fatal).
+_SESSION_INTS = {
+    "intra_op_num_threads": Bounds(0, MAX_THREADS, integer=True),
+    "inter_op_num_threads": Bounds(0, MAX_THREADS, integer=True),
+    "log_severity_level": Bounds(-1, 4, integer=True),
+    "log_verbosity_level": Bounds(0, 1000, integer=True),
+}
+
+
+def _check_session_options(options: Any) -> None:
+    """Each session option's value is of its property's type and in range."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"session_options must be a mapping, not {type(options).__name__}")
+    kinds = session_option_types()
+    for name, value in options.items():
+        if name == "config_entries":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise ConfigError(
+                    "session option config_entries must be a mapping of session config keys "
+                    "to values, e.g. {'session.intra_op.allow_spinning': '0'}"
+                )
+            continue
+        if name not in kinds:
+            raise ConfigError(
+                f"unknown session option '{name}'; valid: {', '.join(kinds)}, config_entries"
+            )
+        kind = kinds[name]
+        if name in _SESSION_INTS:
+            problem = _SESSION_INTS[name].problem(value)
+        elif isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            problem = None
+        else:
+            what = {bool: "True or False", str: "text"}.get(kind, f"an onnxruntime.{kind.__name__}")
+            problem = f"must be {what}, got {value!r:.80}"
+        if problem:
+            raise ConfigError(f"session option {name} {problem}")
 
 
 def preset_name(config: ExplainerConfig, metadata: Mapping[str, str], default: str) -> str:
@@ -231,7 +418,7 @@ def check_options(method: str, options: Any) -> None:
         raise ConfigError(
             f"method '{method}' takes {cls.options_type.__name__}, not {type(options).__name__}"
         )
-    for f in fields(cls.options_type):
+    for f, kind in _typed(cls.options_type):
         value = getattr(options, f.name)
         meta = f.metadata
         shown = meta.get("flag") or f.name
@@ -240,12 +427,17 @@ def check_options(method: str, options: Any) -> None:
         choices = meta.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"unknown {shown} '{value}'; valid: {', '.join(choices)}")
-        if "minimum" in meta and value < meta["minimum"]:
-            raise ConfigError(f"{shown} must be at least {meta['minimum']:g}, got {value}")
-        if "maximum" in meta and value > meta["maximum"]:
-            raise ConfigError(f"{shown} must be at most {meta['maximum']:g}, got {value}")
-        if "above" in meta and not value > meta["above"]:
-            raise ConfigError(f"{shown} must be greater than {meta['above']:g}, got {value}")
+        if kind in (int, float):
+            problem = _knob_bounds(meta, integer=kind is int).problem(value)
+            if problem:
+                raise ConfigError(f"{shown} {problem}")
+
+
+def _knob_bounds(meta: Mapping[str, Any], *, integer: bool) -> Bounds:
+    """A method setting's range, from its :func:`~onnxcam.methods.knob`."""
+    above = meta.get("above")
+    low = above if above is not None else meta.get("minimum", -math.inf)
+    return Bounds(low, meta.get("maximum", math.inf), low_open=above is not None, integer=integer)
 
 
 @dataclass(frozen=True)
@@ -272,17 +464,21 @@ class Flag:
         return self.flag.lstrip("-").replace("-", "_")
 
 
-def _flagged(cls: type) -> list[tuple[Any, type]]:
-    """The fields of an options class that have a flag, with their plain types."""
+def _typed(cls: type) -> list[tuple[Any, type]]:
+    """The fields of an options class with their plain types (``int`` for ``int | None``)."""
     hints = typing.get_type_hints(cls)
     found = []
     for f in fields(cls):
-        if f.metadata.get("flag"):
-            kind = hints[f.name]
-            if isinstance(kind, types.UnionType):  # ``int | None``
-                kind = next(a for a in typing.get_args(kind) if a is not type(None))
-            found.append((f, kind))
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        found.append((f, kind))
     return found
+
+
+def _flagged(cls: type) -> list[tuple[Any, type]]:
+    """The fields of an options class that have a flag, with their plain types."""
+    return [(f, kind) for f, kind in _typed(cls) if f.metadata.get("flag")]
 
 
 def method_flags() -> list[Flag]:

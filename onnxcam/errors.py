@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .text import escape
+
 __all__ = [
     "ClusterError",
     "ConfigError",
@@ -18,7 +20,15 @@ __all__ = [
 
 
 class OnnxCamError(Exception):
-    """Base class of every error onnxcam raises on purpose."""
+    """Base class of every error onnxcam raises on purpose.
+
+    Its message is one line wherever it is shown or logged: messages quote names from models
+    and files, whose newlines and other control characters are escaped here
+    (:func:`onnxcam.text.escape`), once for every message.
+    """
+
+    def __str__(self) -> str:
+        return escape(super().__str__())
 
 
 class ModelError(OnnxCamError):

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import methods as registry
 from . import metrics
+from .config import Bounds
 from .errors import ConfigError
 from .explain import Explainer, Forward, ImageLike
 from .methods import Method
@@ -210,8 +211,12 @@ def evaluate(
     """
     if substrate not in SUBSTRATES:
         raise ConfigError(f"unknown substrate '{substrate}'; valid: {', '.join(SUBSTRATES)}")
-    if steps < 1:
-        raise ConfigError(f"steps must be at least 1, got {steps}")
+    # Each step takes at least one pixel of the input: more steps than pixels mean nothing
+    # (and 10**18 of them would be an array of that many scores).
+    pixels = explainer.spec.height * explainer.spec.width
+    problem = Bounds(1, pixels, integer=True).problem(steps)
+    if problem:
+        raise ConfigError(f"steps {problem}: each takes one or more of the input's pixels")
     chosen = default_methods(explainer) if methods is None else tuple(methods)
     unknown = [m for m in chosen if m not in COMPARED]
     if unknown:

@@ -9,6 +9,7 @@ scores become a :class:`Result` (:meth:`Result.from_passes`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,14 +20,14 @@ import onnx
 
 from . import graph, jobs, methods, preprocess
 from .activation import ActivationPass, Forward, ImageLike, References, inputs
-from .config import ExplainerConfig, method_options, model_name
+from .config import ExplainerConfig, method_options, model_name, plain_numbers, validate
 from .errors import ConfigError, OnnxCamError
 from .jobs import Bound
 from .methods import Clean, Method, TargetMap
 from .prepare import Prepared, Stages, prepare
 from .result import Provenance, Result
 from .runner import Job, Runnable, Runner, Stage
-from .runtime import ProviderSpec, session_settings
+from .runtime import ProviderSpec, provider_specs, session_settings
 from .targets import Target, TargetLike, resolve_targets
 from .targets.base import TargetSpec
 
@@ -43,7 +44,8 @@ class Explainer:
     """
 
     def __init__(
-        self, model: str | Path | bytes | onnx.ModelProto, *, node: str = "auto",
+        self, model: str | os.PathLike[str] | bytes | bytearray | memoryview | onnx.ModelProto,
+        *, node: str = "auto",
         preset: str | None = None, mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None, scale: float | None = None, bgr: bool | None = None,
         size: tuple[int, int] | None = None, layout: str | None = None, baseline: str = "none",
@@ -59,21 +61,19 @@ class Explainer:
             if options is not None:
                 raise ConfigError("pass either compat or options, not both")
             options = method_options(method, compat=compat)
-        label_spec: str | tuple[str, ...] | None = None
-        if labels is not None:
-            label_spec = str(labels) if isinstance(labels, (str, Path)) else tuple(labels)
-        self._build(ExplainerConfig(
-            model=model.SerializeToString() if isinstance(model, onnx.ModelProto) else (
-                model if isinstance(model, bytes) else str(model)),
-            node=node, preset=preset, mean=_floats(mean), std=_floats(std), scale=scale, bgr=bgr,
-            size=None if size is None else (int(size[0]), int(size[1])), layout=layout,
+        config = ExplainerConfig(
+            model=_model_source(model), node=node, preset=preset,
+            mean=None if mean is None else plain_numbers(mean),
+            std=None if std is None else plain_numbers(std), scale=scale, bgr=bgr,
+            size=None if size is None else plain_numbers(size, integer=True), layout=layout,
             baseline=baseline, batch_size=batch_size, threads=threads, device=device,
-            labels=label_spec, max_pixels=max_pixels, options=options, fp16=fp16,
-            method=method, providers=None if providers is None else tuple(providers),
+            labels=_label_spec(labels), max_pixels=max_pixels, options=options, fp16=fp16,
+            method=method, providers=None if providers is None else provider_specs(providers),
             session_options=None if session_options is None else session_settings(session_options),
             budget_s=budget_s, time_limit_s=time_limit_s, resize=resize, split_head=split_head,
             backend=backend,
-        ))  # fmt: skip
+        )  # fmt: skip
+        self._build(config)
 
     @classmethod
     def from_config(cls, config: ExplainerConfig) -> Explainer:
@@ -87,6 +87,7 @@ class Explainer:
         return (Explainer.from_config, (self.config,))
 
     def _build(self, config: ExplainerConfig) -> None:
+        validate(config)  # before anything uses a setting (from_config too)
         self.config = config
         self.method: Method = methods.create(
             config.method, options=config.options, baseline=config.baseline,
@@ -329,5 +330,24 @@ class Explainer:
         ]  # fmt: skip
 
 
-def _floats(values: Sequence[float] | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(float(v) for v in values)
+def _model_source(model: Any) -> Any:
+    """The model as the config keeps it: a path as text, bytes of any kind as ``bytes``, a
+    ModelProto serialized; anything else as it is, for :func:`validate` to name."""
+    if isinstance(model, onnx.ModelProto):
+        return model.SerializeToString()
+    if isinstance(model, (bytearray, memoryview)):
+        return bytes(model)
+    if isinstance(model, os.PathLike):
+        return os.fsdecode(model)
+    return model
+
+
+def _label_spec(labels: Any) -> str | tuple[str, ...] | None:
+    if labels is None or isinstance(labels, (str, Path)):
+        return None if labels is None else str(labels)
+    if isinstance(labels, Iterable):
+        return tuple(labels)
+    raise ConfigError(
+        "labels must be a labels file's path or a sequence of class names, not "
+        f"{type(labels).__name__}"
+    )

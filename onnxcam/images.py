@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import ImageError
 from .quiet import native_stderr_silenced
+from .text import first_line
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -254,7 +255,7 @@ def decode_image(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
                 np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
             )
     except cv2.error as exc:
-        raise ImageError(f"{path}: the decoder failed ({_first_line(exc)})") from exc
+        raise ImageError(f"{path}: the decoder failed ({first_line(exc)})") from exc
     del data
     if decoded is None:
         raise ImageError(
@@ -280,8 +281,3 @@ def _check_plausible(path: Path | str, head: bytes, size: tuple[int, int], nbyte
             f"{path}: a {kind.upper()} of {size[0]}×{size[1]} pixels needs at least {least:,} "
             f"bytes, the file has {nbytes:,}: it is truncated or corrupt"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else type(exc).__name__

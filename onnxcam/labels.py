@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import ConfigError
+from .smallfiles import read_small_text
 
 __all__ = [
     "MAX_LABELS",
@@ -89,12 +90,9 @@ def load_labels(path: str | Path) -> list[str]:
         ConfigError: unreadable, empty, or beyond the limits.
     """
     path = Path(path)
+    text = read_small_text(path, what="labels file", limit=MAX_LABELS_BYTES)
     try:
-        if path.stat().st_size > MAX_LABELS_BYTES:
-            raise LabelError(f"{path.stat().st_size:,} bytes, more than {MAX_LABELS_BYTES:,}")
-        labels = parse_labels(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read labels file {path}: {exc}") from exc
+        labels = parse_labels(text)
     except LabelError as exc:
         raise ConfigError(f"labels file {path}: {exc}") from None
     if not labels:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import check_rendering
 from .confined import Confined
 from .jobs import Bound
 from .jobs import scores as job_scores
@@ -302,7 +303,13 @@ class Result:
         threshold in [0, 1]), also an overlay of the map through a steep sigmoid around it,
         so the attended region stands out and the rest fades. With ``thumbnails``, also the
         report's pictures of the image (``thumbs/``). Every file stays inside ``out_dir``
-        (:class:`~onnxcam.confined.Confined`)."""
+        (:class:`~onnxcam.confined.Confined`).
+
+        Raises:
+            ConfigError: ``alpha`` or ``emphasize`` outside [0, 1] (NaN included).
+            OutputError: a file cannot be written, or would leave ``out_dir``.
+        """
+        check_rendering(alpha, emphasize)
         name = stem or (Path(self.source).stem if self.source else "image")
         emphasized = emphasize is not None
         out = out_dir if isinstance(out_dir, Confined) else Confined(Path(out_dir))

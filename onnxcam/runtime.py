@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DeviceError, ModelError, TimeLimitError
+from .text import first_line
 
 __all__ = [
     "DEVICES",
@@ -26,7 +27,9 @@ __all__ = [
     "gpu_visible",
     "import_ort",
     "installed_runtimes",
+    "provider_specs",
     "providers_for",
+    "session_option_types",
     "session_settings",
 ]
 
@@ -139,10 +142,11 @@ SESSION_OPTIONS = (
 def session_settings(options: Any) -> dict[str, Any]:
     """A ``SessionOptions`` (or a mapping of its property names to values, plus
     ``config_entries``: a mapping of session config keys to values) as a plain, picklable
-    mapping. Only what differs from ONNX Runtime's defaults is kept.
+    mapping. Only what differs from ONNX Runtime's defaults is kept. The values' types and
+    ranges are checked by :func:`onnxcam.config.validate`.
 
     Raises:
-        ConfigError: an unknown property name.
+        ConfigError: neither a ``SessionOptions`` nor a mapping; an unknown property name.
     """
     if isinstance(options, Mapping):
         unknown = [k for k in options if k not in (*SESSION_OPTIONS, "config_entries")]
@@ -152,12 +156,67 @@ def session_settings(options: Any) -> dict[str, Any]:
                 "config_entries"
             )
         return dict(options)
-    defaults = import_ort().SessionOptions()
+    ort = import_ort()
+    if not isinstance(options, ort.SessionOptions):
+        raise ConfigError(
+            "session_options must be an onnxruntime.SessionOptions or a mapping of its "
+            f"properties (e.g. {{'intra_op_num_threads': 2}}), not {type(options).__name__}"
+        )
+    defaults = ort.SessionOptions()
     return {
         name: getattr(options, name)
         for name in SESSION_OPTIONS
         if getattr(options, name) != getattr(defaults, name)
     }
+
+
+def session_option_types() -> dict[str, type]:
+    """The type each property in :data:`SESSION_OPTIONS` takes: ``bool``, ``int``, ``str``
+    or one of ONNX Runtime's enums (``ExecutionMode``, ...)."""
+    defaults = import_ort().SessionOptions()
+    return {name: type(getattr(defaults, name)) for name in SESSION_OPTIONS}
+
+
+_PROVIDERS_HINT = (
+    "e.g. ['CUDAExecutionProvider', 'CPUExecutionProvider'] or "
+    "[('CUDAExecutionProvider', {'device_id': 0}), 'CPUExecutionProvider']"
+)
+
+
+def provider_specs(providers: Any) -> tuple[ProviderSpec, ...]:
+    """``providers`` as ONNX Runtime takes them: each a name, or a ``(name, options)`` pair
+    whose options map text keys to values (a list pair becomes a tuple, a mapping a dict).
+
+    Raises:
+        ConfigError: a single string (not a list of names), or an entry of neither form.
+    """
+    if isinstance(providers, (str, bytes)) or not isinstance(providers, Iterable):
+        raise ConfigError(
+            "providers must be a list of execution providers, each a name or a (name, "
+            f"options) pair, {_PROVIDERS_HINT}; got {_shown(providers)}"
+        )
+    specs: list[ProviderSpec] = []
+    for entry in providers:
+        if isinstance(entry, str):
+            specs.append(entry)
+        elif (
+            isinstance(entry, (tuple, list))
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], Mapping)
+            and all(isinstance(key, str) for key in entry[1])
+        ):
+            specs.append((entry[0], dict(entry[1])))
+        else:
+            raise ConfigError(
+                "each execution provider must be a name or a (name, {option: value}) pair, "
+                f"{_PROVIDERS_HINT}; got {_shown(entry)}"
+            )
+    return tuple(specs)
+
+
+def _shown(value: Any) -> str:
+    return repr(value)[:80]
 
 
 def check_providers(providers: Sequence[ProviderSpec], available: Sequence[str]) -> list[Any]:
@@ -238,7 +297,7 @@ class Session:
             ):
                 self._session = ort.InferenceSession(model_bytes, options, providers=chosen)
         except Exception as exc:
-            raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
+            raise ModelError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from exc
         served = self._session.get_providers()
         first = chosen[0] if isinstance(chosen[0], str) else chosen[0][0]
         if providers is not None and served[0] != first:
@@ -267,7 +326,8 @@ class Session:
         named outputs.
 
         With ``time_limit`` (seconds), a watchdog sets ONNX Runtime's ``RunOptions.terminate``
-        when the time is up, and the run stops with a :class:`TimeLimitError`. Callers that
+        when the time is up, and the run stops with a :class:`TimeLimitError` (ONNX Runtime
+        reads the flag between operators: one long operator runs to its end). Callers that
         explain images use :class:`onnxcam.runner.Runner`, which batches, pads and checks the
         values; this is the bare call.
         """
@@ -292,7 +352,7 @@ class Session:
             shown = ", ".join(f"'{name}' {tuple(value.shape)}" for name, value in feeds.items())
             if isinstance(feed, np.ndarray):
                 shown = f"an input of shape {tuple(feed.shape)}"
-            raise ModelError(f"ONNX Runtime failed on {shown}: {_first_line(exc)}") from exc
+            raise ModelError(f"ONNX Runtime failed on {shown}: {first_line(exc)}") from exc
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -301,8 +361,3 @@ class Session:
 
 def _terminate(options: Any) -> None:
     options.terminate = True
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

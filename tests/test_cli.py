@@ -12,11 +12,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner, Result
 from conftest import SIZE, build_tiny, nan_weights, tiny_weights
 
+from onnxcam import Explainer, OnnxCamError
 from onnxcam.cli import cli
+from onnxcam.config import MAX_THREADS
 
 OUTPUT_FILES = ("{}.json", "{}.npy", "{}_overlay.png", "{}_saliency.png")
 RUN_FILES = ("results.jsonl", "run.json")  # every run: its records and its settings
@@ -355,6 +358,72 @@ def test_malformed_options_are_usage_errors(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (("--time-limit", "inf"), "a number above 0 and at most 604800 seconds, got inf"),
+        (("--budget", "inf"), "a number above 0 and at most 604800 seconds, got inf"),
+        (("--budget", "nan"), "got nan"),
+        (("--emphasize-threshold", "nan"), "a number from 0 to 1, got nan"),
+        (("--alpha", "nan"), "a number from 0 to 1, got nan"),
+        (("--alpha", "-inf"), "a number from 0 to 1, got -inf"),
+        (("--std", "inf"), "each value must be a number from 1e-06 to 1e+06, got inf"),
+        (("--std", "0,1,1"), "each value must be a number from 1e-06 to 1e+06, got 0.0"),
+        (("--mean", "nan"), "each value must be a number from -1e+06 to 1e+06, got nan"),
+        (("--scale", "1e308"), "a number above 0 and at most 1e+06, got 1e+308"),
+        (("--scale", "-1"), "a number above 0 and at most 1e+06"),
+        (("--threads", "100000"), f"an integer from 1 to {MAX_THREADS}, got 100000"),
+        (("--threads", "1.5"), "'1.5' is not an integer from 1 to"),
+        (("--batch-size", "0"), "an integer of at least 1, got 0"),
+        (("--max-pixels", "-5"), "an integer of at least 1, got -5"),
+    ],
+)
+def test_numbers_out_of_range_get_one_line_naming_the_option_and_range(
+    inputs: Path, out: Path, extra: tuple[str, ...], phrase: str
+) -> None:
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out, extra=extra)
+    assert result.exit_code == 2, result.output
+    assert_clear_failure(result, f"Invalid value for '{extra[0]}'", phrase)
+    assert "Warning" not in result.output and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (("--method", "sscam", "--noise", "inf"), "--noise must be a number from 0 to 1000"),
+        (("--method", "sscam", "--noise", "1e308"), "--noise must be a number from 0 to 1000"),
+        (("--method", "rise", "--keep", "nan"), "--keep must be a number above 0 and at most 1"),
+        (("--method", "rise", "--cells", "100000"), "--cells must be an integer from 1 to 256"),
+    ],
+)
+def test_method_numbers_out_of_range_get_one_line(
+    inputs: Path, out: Path, extra: tuple[str, ...], phrase: str
+) -> None:
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out, extra=extra)
+    assert_clear_failure(result, phrase)
+    assert "Warning" not in result.output and not out.exists()
+
+
+def test_time_limit_help_says_one_operator_is_not_interrupted() -> None:
+    result = invoke("explain", "--help")
+    assert "ONNX Runtime stops between operators" in " ".join(result.output.split())
+
+
+def test_files_that_never_end_get_one_line(inputs: Path, out: Path) -> None:
+    model, image = inputs / "model.onnx", inputs / "good.png"
+    for option in ("--labels", "--target-file"):
+        result = explain(model, image, out=out, extra=(option, "/dev/zero"))
+        assert_clear_failure(result, "/dev/zero", "not a regular file")
+    result = invoke("evaluate", model, image, "--boxes", "/dev/zero", "-o", out)
+    assert_clear_failure(result, "'--boxes'", "/dev/zero: not a regular file")
+
+
+def test_nodes_fails_in_one_line_before_listing(inputs: Path) -> None:
+    result = invoke("nodes", inputs / "model.onnx", "--size", "1x2")
+    assert_clear_failure(result, "has no 4-D spatial feature map")
+    assert "input" not in result.output.split("Error:")[0]
+
+
 def test_real_process_prints_only_its_own_message(inputs: Path, out: Path) -> None:
     """Outside CliRunner: no library warnings (e.g. OpenCV's) leak onto the terminal."""
     ok, buf = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8) + 7)
@@ -464,6 +533,116 @@ def test_names_from_the_model_cannot_drive_the_terminal(
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output and "\r" not in result.output
     assert "\\x1b[31mevil\\x07" in result.output
+
+
+# A line that a name from a model or a file tries to add to the output (no "/": file names
+# cannot hold one).
+FORGED = "FAKE: shadow: class 0 root (p=1.000)"
+
+
+def assert_no_forged_line(output: str) -> None:
+    """Every line of ``output`` is the CLI's own: no name started a line of its own."""
+    assert "\r" not in output, output
+    forged = [line for line in output.splitlines() if line.lstrip(" *").startswith("FAKE")]
+    assert forged == [], output
+
+
+def renamed(path: Path, suffix: str) -> Path:
+    """The tiny CNN with ``suffix`` added to every node's name and to its input's and
+    output's tensor names."""
+    model = onnx.load(str(build_tiny(path, tiny_weights())))
+    graph = model.graph
+    names = {graph.input[0].name, graph.output[0].name}
+    for node in graph.node:
+        node.name += suffix
+        node.input[:] = [n + suffix if n in names else n for n in node.input]
+        node.output[:] = [n + suffix if n in names else n for n in node.output]
+    for value in (graph.input[0], graph.output[0]):
+        value.name += suffix
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_newlines_in_labels_cannot_forge_lines(inputs: Path, out: Path) -> None:
+    labels = json.dumps([f"square\n{FORGED}", f"b\r{FORGED}", f"c\u2028{FORGED}"])
+    model = build_tiny(inputs / "evil.onnx", tiny_weights(), metadata={"labels": labels})
+    result = explain(model, inputs / "good.png", out=out, extra=("--target", "top:3"))
+    assert result.exit_code == 0, result.output
+    assert_no_forged_line(result.output)
+    assert f"square\\x0a{FORGED}" in result.output and f"b\\x0d{FORGED}" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("nodes", "{model}"),
+        ("explain", "{model}", "{image}", "--node", "features/rel", "-o", "{out}"),
+        ("explain", "{model}", "{image}", "--node", f"x\n{FORGED}", "-o", "{out}"),
+    ],
+    ids=["nodes", "closest-node", "given-node"],
+)
+def test_newlines_in_node_and_tensor_names_cannot_forge_lines(
+    inputs: Path, out: Path, args: tuple[str, ...]
+) -> None:
+    model = renamed(inputs / "evil.onnx", f"\n{FORGED}")
+    given = {"model": model, "image": inputs / "good.png", "out": out}
+    result = invoke(*(arg.format(**given) for arg in args))
+    assert_no_forged_line(result.output)
+    assert "\\x0aFAKE" in result.output
+
+
+def test_newlines_in_file_names_cannot_forge_lines(
+    inputs: Path, out: Path, image: np.ndarray
+) -> None:
+    folder = inputs / "images"
+    folder.mkdir()
+    write_png(folder / f"a\n{FORGED}.png", image)
+    (folder / f"b\r\n{FORGED}.png").write_text("no pixels here\n", encoding="utf-8")
+    result = explain(inputs / "model.onnx", folder, out=out)
+    assert result.exit_code == 1, result.output
+    assert_no_forged_line(result.output)
+    assert f"a\\x0a{FORGED}.png: class" in result.output
+    assert_clear_failure(result, f"b\\x0d\\x0a{FORGED}.png", "not a readable image")
+    missing = explain(inputs / "model.onnx", inputs / f"gone\n{FORGED}.png", out=out)
+    assert_no_forged_line(missing.output)
+    assert_clear_failure(missing, f"gone\\x0a{FORGED}.png", "not found")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--mean", f"1\n{FORGED}"),  # the CLI's own check
+        ("--threads", f"1\n{FORGED}"),  # click's (escaped by click today)
+        (f"--no-such\n{FORGED}",),
+        ("--target", f"top:1\n{FORGED}"),  # the library's, before any model is loaded
+    ],
+    ids=["callback", "click-type", "unknown-option", "target"],
+)
+def test_newlines_in_option_values_cannot_forge_lines(
+    inputs: Path, out: Path, extra: tuple[str, ...]
+) -> None:
+    result = explain(inputs / "model.onnx", inputs / "good.png", out=out, extra=extra)
+    assert result.exit_code != 0, result.output
+    assert_no_forged_line(result.output)
+    assert "Traceback" not in result.output and "FAKE" in result.output  # shown, escaped
+
+
+def test_our_own_lines_stay_lines() -> None:
+    """Escaping touches what a message quotes, never the help's layout."""
+    for args in ((), ("--help",), ("explain", "--help")):
+        result = invoke(*args)
+        assert "\\x0a" not in result.output and "Usage: cli" in result.output.splitlines()[0]
+        assert "Options:" in result.output.splitlines()
+
+
+def test_library_errors_are_one_line(inputs: Path) -> None:
+    """An error names what was wrong, a name from the model included, in one line: so does
+    any log that records it."""
+    model = renamed(inputs / "evil.onnx", f"\n{FORGED}")
+    with pytest.raises(OnnxCamError) as caught:
+        Explainer(model, node="features/rel")
+    assert "\\x0aFAKE" in str(caught.value) and len(str(caught.value).splitlines()) == 1
 
 
 def test_failing_probe_sessions_print_nothing_from_onnx_runtime(inputs: Path, out: Path) -> None:

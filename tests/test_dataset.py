@@ -281,6 +281,19 @@ def test_without_the_extra_the_ray_engine_is_one_line(tmp_path, monkeypatch):
     assert not out.exists()
 
 
+def test_progress_lines_escape_the_names_they_quote(capsys):
+    """A stalled job names what it waits for (file names, a worker's error): one line."""
+    from onnxcam.cli.scale import _progress
+    from onnxcam.scale.job import Progress
+
+    stalled = "waiting for a\nFAKE: 0 of 0 explained\r.png"
+    _progress(Progress(1, 2, 0, 0, elapsed_s=9.0, rate=0.1, idle_s=700.0, stalled=stalled))
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "no image finished for 700 s: waiting for a\\x0aFAKE: 0 of 0 explained\\x0d.png"
+    ]
+
+
 def test_a_detector_gives_a_local_runs_files(tmp_path):
     """Every detection of an image (one target each, ``_t0``, ``_t1`` ...), boxes drawn on the
     overlays and thumbnails: the worker's files are the local run's, byte for byte."""

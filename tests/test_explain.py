@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,9 @@ import pytest
 from conftest import SIZE, TinyWeights, build_tiny, nan_weights
 
 from onnxcam import ConfigError, Explainer, NumericalError
+from onnxcam.config import MAX_THREADS
+from onnxcam.methods import RiseOptions
+from onnxcam.methods.sscam import SmoothOptions
 
 
 def reference_map(weights: TinyWeights, image: np.ndarray, target: int | None = None):
@@ -168,6 +173,89 @@ def test_bad_target_and_options(tiny, image):
         Explainer(tiny, baseline="gray")
     with pytest.raises(ConfigError, match="preset"):
         Explainer(tiny, preset="nope")
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"time_limit_s": INF}, "time_limit_s must be a number above 0 and at most 604800 seconds"),
+        ({"time_limit_s": NAN}, "time_limit_s must be"),
+        ({"budget_s": INF}, "budget_s must be a number above 0 and at most 604800 seconds"),
+        ({"budget_s": -1.0}, "budget_s must be"),
+        ({"std": (INF,)}, "each std value must be a number from 1e-06 to 1e+06, got inf"),
+        ({"std": (0.2, 0.0, 0.2)}, "each std value must be"),
+        ({"mean": (NAN, 0, 0)}, "each mean value must be a number from -1e+06 to 1e+06, got nan"),
+        ({"mean": "0.5"}, "each mean value must be a number"),
+        ({"scale": 1e308}, "scale must be a number above 0 and at most 1e+06, got 1e+308"),
+        ({"scale": np.float32(NAN)}, "scale must be"),
+        ({"threads": 100_000}, f"threads must be an integer from 1 to {MAX_THREADS}, got 100000"),
+        ({"threads": 2.5}, "threads must be an integer"),
+        ({"batch_size": 0}, "batch_size must be an integer of at least 1, got 0"),
+        ({"size": (SIZE, NAN)}, "each size value must be an integer"),
+        ({"method": "sscam", "options": SmoothOptions(noise=INF)}, "--noise must be a number"),
+        ({"method": "rise", "options": RiseOptions(keep=NAN)}, "--keep must be a number above 0"),
+        ({"method": "rise", "options": RiseOptions(samples=2.5)}, "--samples must be an integer"),
+    ],
+)
+def test_every_number_out_of_range_is_refused(tiny, settings, message):
+    """NaN, the infinities and absurd sizes never reach a session, a timer or a record."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Explainer(tiny, **settings)
+
+
+def test_rendering_values_out_of_range_are_refused(tiny, image, tmp_path):
+    result = Explainer(tiny, preset="unit").explain(image)
+    for settings in ({"alpha": NAN}, {"alpha": 1.5}, {"emphasize": INF}, {"emphasize": -0.1}):
+        name = next(iter(settings))
+        with pytest.raises(ConfigError, match=f"^{name} must be a number from 0 to 1"):
+            result.save(tmp_path / "out", **settings)
+    assert not (tmp_path / "out").exists()
+
+
+def test_records_hold_no_nan_or_infinity_at_the_edges_of_every_range(tiny, image, tmp_path):
+    """JSON has no NaN or Infinity (JSON.parse refuses them): a record of valid settings,
+    however extreme, holds none."""
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+
+    for settings in (
+        {"budget_s": 1e-9, "time_limit_s": 604800.0},
+        {"scale": 1e6, "mean": (-1e6,), "std": (1e-6,)},
+        {"method": "sscam", "options": SmoothOptions(noise=1e3, samples=1)},
+        {"method": "rise", "options": RiseOptions(samples=4, cells=256, keep=1e-300)},
+    ):
+        explainer = Explainer(tiny, preset="unit", **settings)
+        try:
+            result = explainer.explain(image)
+        except NumericalError:
+            continue  # reported, precisely: nothing is recorded
+        strict(json.dumps(result.to_record()))
+        paths = result.save(tmp_path, alpha=0.0, emphasize=1.0)
+        strict(paths["json"].read_text())
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_a_model_as_bytes_of_any_kind(tiny, image, kind):
+    explainer = Explainer(kind(tiny.read_bytes()), preset="unit")
+    assert isinstance(explainer.config.model, bytes)
+    np.testing.assert_array_equal(
+        explainer.explain(image).saliency, Explainer(tiny, preset="unit").explain(image).saliency
+    )
+
+
+@pytest.mark.parametrize("model", [5, None, ["m.onnx"]])
+def test_a_model_of_another_type_is_named(model):
+    with pytest.raises(ConfigError, match="the model must be a path, the model's bytes or an"):
+        Explainer(model)
+
+
+def test_labels_of_another_type_are_named(tiny):
+    with pytest.raises(ConfigError, match="labels must be a labels file's path or a sequence"):
+        Explainer(tiny, labels=5)
 
 
 def test_nan_output_is_reported(tmp_path, image):

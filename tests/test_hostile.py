@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ from conftest import SIZE, build_tiny, tiny_weights
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import ConfigError, Explainer, ModelError, TimeLimitError
-from onnxcam.labels import MAX_LABELS, LabelError, parse_labels
+from onnxcam.labels import MAX_LABELS, MAX_LABELS_BYTES, LabelError, load_labels, parse_labels
+from onnxcam.targets import load_target_file
 
 
 def endless(path: Path, *, fixed_batch: bool = False) -> Path:
@@ -114,3 +116,22 @@ def test_what_fuzzing_found(tmp_path, image):
     data = model.SerializeToString().replace(b"tiny", b"t\x99ny", 1)  # the graph's name
     with pytest.raises(ModelError, match="not valid UTF-8"):
         Explainer(data)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_labels_target_and_boxes_files_that_never_end_are_refused_unread(tmp_path):
+    """A device that never ends (its size reads 0), a FIFO (opening one blocks) and a file
+    over the limit are refused without reading them."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as handle:
+        handle.truncate(MAX_LABELS_BYTES + 1)  # sparse: costs no disk
+    for path, phrase in [("/dev/zero", "not a regular file"), (fifo, "not a regular file"),
+                         (big, f"more than {MAX_LABELS_BYTES:,}")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=phrase):
+            load_labels(path)
+        with pytest.raises(ConfigError, match="target file"):
+            load_target_file(path)
+    with pytest.raises(ConfigError, match="embedded null byte"):
+        load_labels("a\x00b")

@@ -97,6 +97,9 @@ def test_evaluate_on_tiny_model_matches_numpy(tiny, weights: TinyWeights, image)
     assert table["scorecam"]["average_drop"] == pytest.approx(sc.drop)
     with pytest.raises(ConfigError, match="unknown method"):
         evaluate(explainer, image, methods=["gradcam"])
+    for steps in (0, 16 * 16 + 1, 10**18, 2.5):  # more steps than the input's 256 pixels
+        with pytest.raises(ConfigError, match="steps must be an integer from 1 to 256"):
+            evaluate(explainer, image, methods=["center"], steps=steps)
 
 
 def test_cli_evaluate_prints_table_and_writes_json(tiny, image, tmp_path):

@@ -4,6 +4,8 @@ threads, and a latency budget."""
 from __future__ import annotations
 
 import itertools
+import pickle
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -14,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from conftest import SIZE, build_tiny, unit_input
 
-from onnxcam import DeviceError, Explainer, ImageError, ModelError, runtime
+from onnxcam import ConfigError, DeviceError, Explainer, ImageError, ModelError, runtime
 from onnxcam.methods import Clean
 from onnxcam.methods.scorecam import ScoreCam
 from onnxcam.preprocess import InputSpec, Normalization
@@ -136,6 +138,47 @@ def test_a_first_provider_that_cannot_serve_fails_clearly(tiny):
         pytest.skip("needs an ONNX Runtime build with a GPU provider and no GPU")
     with pytest.raises(DeviceError, match=f"{broken[0]} was asked for first, but ONNX Runtime"):
         Explainer(tiny, providers=[broken[0], "CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(
+    ("providers", "message"),
+    [
+        ("CPUExecutionProvider", "providers must be a list of execution providers"),
+        ([("CPUExecutionProvider",)], "got ('CPUExecutionProvider',)"),
+        ([5], "each execution provider must be a name or a (name, {option: value}) pair"),
+        ([("CPUExecutionProvider", 5)], "got ('CPUExecutionProvider', 5)"),
+        ([("CPUExecutionProvider", {}, 3)], "got ('CPUExecutionProvider', {}, 3)"),
+        ([("CPUExecutionProvider", {1: "a"})], "each execution provider must be"),
+    ],
+)
+def test_malformed_providers_are_named(tiny, providers, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Explainer(tiny, providers=providers)
+
+
+def test_providers_as_lists_pickle_as_tuples(tiny, image):
+    explainer = Explainer(tiny, preset="unit", providers=[["CPUExecutionProvider", {}]])
+    assert explainer.config.providers == (("CPUExecutionProvider", {}),)
+    assert pickle.loads(pickle.dumps(explainer)).config == explainer.config
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (5, "session_options must be an onnxruntime.SessionOptions or a mapping"),
+        ({"intra_op_num_threads": "2"}, "intra_op_num_threads must be an integer from 0 to"),
+        ({"intra_op_num_threads": 10**6}, "intra_op_num_threads must be an integer from 0 to"),
+        ({"execution_mode": 1}, "execution_mode must be an onnxruntime.ExecutionMode, got 1"),
+        ({"enable_profiling": 1}, "enable_profiling must be True or False, got 1"),
+        ({"logid": 5}, "logid must be text, got 5"),
+        ({"log_severity_level": 9}, "log_severity_level must be an integer from -1 to 4"),
+        ({"config_entries": 5}, "config_entries must be a mapping of session config keys"),
+        ({"no_such": 1}, "unknown session option 'no_such'"),
+    ],
+)
+def test_session_options_of_the_wrong_type_are_named(tiny, options, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Explainer(tiny, session_options=options)
 
 
 def test_one_explainer_from_several_threads_gives_identical_maps(tiny, image):

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Fuzz onnxcam with mutated models and images: every outcome must be a result or one clean
-error line; never a traceback, a crash, native noise on stderr, or memory past a bound.
+"""Fuzz onnxcam with mutated models and images, and hostile option values: every outcome must
+be a result or one clean error line; never a traceback, a crash, native noise on stderr, or
+memory past a bound.
 
 Models are the tests' tiny CNN, mutated at the proto level (attributes, shapes, element
 types, nodes, metadata) or at the byte level; images are small PNG, JPEG, BMP, TIFF and WebP
 files with bytes flipped, truncated, headers rewritten to absurd sizes, or junk appended.
 Each case goes through the library (``Explainer(...).explain``), and every fifth one through
-the command line as well. Everything runs in this process, with file descriptor 2 captured:
-a crash ends the process (the caller sees it), and anything native code prints is counted.
+the command line as well. Option cases give one to three options of ``explain``, ``evaluate``
+or ``nodes`` a hostile value each (NaN, infinities, huge, negative, empty, words, control
+characters, a forged line) on the tiny model and a good image. Everything runs in this
+process, with file descriptor 2 captured: a crash ends the process (the caller sees it), and
+anything native code prints is counted.
 
 Usage::
 
-    python tools/fuzz.py --seed 0 --models 200 --images 200 [--json counts.json]
+    python tools/fuzz.py --seed 0 --models 200 --images 200 [--options 200] [--json counts.json]
 
 The test suite runs it on a fixed seed in a subprocess (tests/test_fuzz.py); run it longer by
 hand with larger counts and other seeds.
@@ -30,13 +34,16 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
 import onnx
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+# This checkout's onnxcam, as the tests import it (not another installed copy), and its tests'
+# tiny models.
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import build_tiny, tiny_weights  # noqa: E402
 
@@ -195,11 +202,119 @@ def cli_case(tally: Tally, model: Path, image: Path, out: Path) -> None:
         tally.add("cli", f"exit {result.exit_code}: {result.output!r} {result.exception!r}")
 
 
+# ----------------------------------------------------------------------------- options
+
+#: Values that no option may take quietly: not-a-number, infinities, huge, tiny and negative
+#: numbers, fractions where integers belong, empty text, words, lists of the wrong length,
+#: absurd sizes, files that never end, escape sequences and a line that forges another. (No
+#: NUL: no process can receive one in its arguments.)
+HOSTILE_VALUES = [
+    "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e308", "-1e308", "1e-320", "0", "-0",
+    "-1", "0.5", "1.5", str(2**31), str(2**63), str(10**30), "", " ", "abc", "1,2", "1,2,3,4",
+    "nan,nan,nan", "inf,1,1", "0,0,0", "1x0", "99999x99999", "/dev/zero", ".", "\x1b[31mred",
+    "a\nFAKE: forged line", "\r\t\x07", "\u202etxt", "\u0663",
+]  # fmt: skip
+
+# Each command with what runs it cheaply on the tiny model; the fuzzed options come after,
+# so that they win. Ray is never started: --engine only ever gets a hostile value or local.
+_OPTION_COMMANDS = {
+    "explain": ["--preset", "unit", "--time-limit", "2", "--overwrite"],
+    "evaluate": ["--preset", "unit", "--time-limit", "2", "--method", "center", "--steps", "2",
+                 "--no-road", "--no-adcc"],
+    "nodes": [],
+}  # fmt: skip
+
+
+def hostile_args(option: click.Option, rng: random.Random) -> list[str]:
+    """``option`` on the command line with a hostile value (a flag as it is; a choice now and
+    then with a valid value, so that what it enables is fuzzed too)."""
+    name = max(option.opts, key=len)
+    if option.is_flag:
+        return [rng.choice([*option.opts, *option.secondary_opts])]
+    if isinstance(option.type, click.Choice) and rng.random() < 0.4:
+        return [name, rng.choice([c for c in option.type.choices if c != "ray"])]
+    return [name, rng.choice(HOSTILE_VALUES)]
+
+
+def strict_json(folder: Path) -> str | None:
+    """The first JSON file under ``folder`` that holds NaN or Infinity (which JSON.parse
+    refuses), or None."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(name)
+
+    for path in sorted(folder.rglob("*.json*")) if folder.is_dir() else []:
+        text = path.read_text(encoding="utf-8")
+        try:
+            for line in text.splitlines() if path.suffix == ".jsonl" else [text]:
+                json.loads(line, parse_constant=refuse)
+        except ValueError as exc:
+            return f"{path.name}: {exc}"
+    return None
+
+
+_ALLOWED = ("Usage: ", "Try '", "note: ")  # click's usage lines, the Explainer's notes
+
+
+def option_problem(result: Result, out: Path) -> str | None:
+    """What is wrong with a run's output: a traceback, a control character or a forged line
+    anywhere, NaN or Infinity in a JSON file it wrote, or a failure that is not one error
+    line (under click's usage lines, or the Explainer's notes); None when nothing is."""
+    text = result.output
+    lines = [line for line in text.splitlines() if line.strip()]
+    if "Traceback" in text or "unexpected" in text.lower():
+        return "a traceback or an unexpected error"
+    if any(c in text for c in "\x1b\r\x07\u202e") or any(ln.startswith("FAKE") for ln in lines):
+        return "a control character or a forged line"
+    if result.exit_code == 0:
+        bad = strict_json(out)
+        return None if bad is None else f"NaN or Infinity in {bad}"
+    errors = [line for line in lines if line.startswith("Error: ")]
+    others = [line for line in lines if not line.startswith(("Error: ", *_ALLOWED))]
+    if (
+        result.exit_code in (1, 2)
+        and isinstance(result.exception, SystemExit)
+        and len(errors) == 1
+        and not others
+    ):
+        return None
+    return f"exit {result.exit_code}, not one error line"
+
+
+def fuzz_options(tally: Tally, rng: random.Random, cases: int, folder: Path) -> None:
+    """``cases`` runs of a command with one to three of its options given hostile values, in a
+    working folder of their own (relative outputs land there)."""
+    model = build_tiny(folder / "opt_model.onnx", tiny_weights())
+    image = folder / "opt_good.png"
+    cv2.imwrite(str(image), np.full((16, 16, 3), 120, np.uint8))
+    work = folder / "opt_cwd"
+    work.mkdir()
+    here = os.getcwd()
+    os.chdir(work)
+    try:
+        for _ in range(cases):
+            command = rng.choice(sorted(_OPTION_COMMANDS))
+            options = [p for p in cli.commands[command].params if isinstance(p, click.Option)]
+            chosen = rng.sample(options, rng.randint(1, min(3, len(options))))
+            fuzzed = [arg for option in chosen for arg in hostile_args(option, rng)]
+            given = [str(model)] if command == "nodes" else [str(model), str(image), "-o", "out"]
+            args = [command, *given, *_OPTION_COMMANDS[command], *fuzzed]
+            result = CliRunner().invoke(cli, args)
+            problem = option_problem(result, work / "out")
+            if problem:
+                tally.add("cli", f"{problem}: {args[3:]!r} -> {result.output!r}")
+            else:
+                tally.add("option-ok" if result.exit_code == 0 else "option-refused")
+    finally:
+        os.chdir(here)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", type=int, default=200)
     p.add_argument("--images", type=int, default=200)
+    p.add_argument("--options", type=int, default=0, help="hostile option cases")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
@@ -229,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 explain_case(tally, good_model, path)
                 if i % 5 == 0:
                     cli_case(tally, good_model, path, folder / "out")
+            fuzz_options(tally, rng, args.options, folder)
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
@@ -239,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "models": args.models,
         "images": args.images,
+        "options": args.options,
         "counts": tally.counts,
         "problems": tally.problems,
         "stderr": noise[:2000],

@@ -19,12 +19,22 @@ __all__ = ["cli", "main"]
 
 
 class _Cli(click.Group):
-    """Turns library errors into one line and a non-zero exit; ``--debug`` shows tracebacks."""
+    """Turns library errors into one line and a non-zero exit; ``--debug`` shows tracebacks.
+    Click's own errors quote what was typed (an unknown option, a path): they are escaped
+    too, so that every error is one line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
+        except click.ClickException as exc:  # the commands' options are parsed in here
+            raise _one_line(exc) from None
+        except (click.exceptions.Exit, click.Abort):
             raise
         except BrokenPipeError:  # `onnxcam nodes m.onnx | head`: click ends quietly
             raise
@@ -40,6 +50,17 @@ class _Cli(click.Group):
                     f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
                 )
             ) from None
+
+
+def _one_line(exc: click.ClickException) -> click.ClickException:
+    """``exc`` with what its message quotes escaped: the usage line and hint that click
+    shows above a usage error are its own, and so is the help shown for no arguments."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc
+    message = safe(exc.format_message())
+    if isinstance(exc, click.UsageError):  # exit 2, as every usage error
+        return click.UsageError(message, ctx=exc.ctx)
+    return click.ClickException(message)  # exit 1
 
 
 def _debug(ctx: click.Context) -> bool:

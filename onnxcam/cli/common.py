@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import click
 
 from .. import preprocess
-from ..config import method_flags, method_options, model_sha256
+from ..config import LIMITS, MAX_THREADS, Bounds, method_flags, method_options, model_sha256
 from ..errors import OnnxCamError
 from ..explain import Explainer
 from ..geometry import RESIZES
@@ -23,27 +22,38 @@ from ..outdir import NAMING, is_output_folder, recorded_files
 from ..result import version
 from ..runtime import DEVICES
 from ..targets import TargetSpec, load_target_file, parse_target
+from ..text import escape as safe
 
 IMAGE_SUFFIXES = {
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm",
 }  # fmt: skip
 
 
-def safe(text: object) -> str:
-    """``text`` with control and other unprintable characters escaped, so names from models
-    and file systems cannot move the cursor, recolour or rewrite the terminal."""
-    out = []
-    for char in str(text):
-        if char in "\n\t" or unicodedata.category(char)[0] != "C":
-            out.append(char)
-        else:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
-
-
 def echo(text: object, *, err: bool = False) -> None:
+    """Print ``text`` as one line: every control character in it is escaped, newlines
+    included, so that no name from a model or a file system can start a line of its own.
+    Output of several lines is several calls."""
     click.echo(safe(text), err=err)
+
+
+class InRange(click.ParamType):
+    """A number in the range that :mod:`onnxcam.config` gives its setting: the command line
+    refuses what the library would, in the same words, before any model is loaded."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.name = "integer" if bounds.integer else "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                value = int(value) if self.bounds.integer else float(value)
+            except ValueError:
+                self.fail(f"'{value}' is not {self.bounds.describe()}", param, ctx)
+        problem = self.bounds.problem(value)
+        if problem:
+            self.fail(problem, param, ctx)
+        return value
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
@@ -55,6 +65,10 @@ def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
         raise click.BadParameter(f"'{value}' is not a list of numbers, e.g. 0.5,0.5,0.5") from None
     if len(values) not in (1, 3):
         raise click.BadParameter(f"needs 1 or 3 numbers, got {len(values)}")
+    for number in values:
+        problem = LIMITS[str(param.name)].problem(number)
+        if problem:
+            raise click.BadParameter(f"each value {problem}")
     return values
 
 
@@ -143,7 +157,8 @@ _EXPLAINER_OPTIONS = [
                  help="Input normalisation (default: the model's metadata, else imagenet)."),
     click.option("--mean", callback=_floats, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
     click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
-    click.option("--scale", type=float, help="Pixel (0..255) multiplier applied before mean/std."),
+    click.option("--scale", type=InRange(LIMITS["scale"]),
+                 help="Pixel (0..255) multiplier applied before mean/std."),
     click.option("--bgr/--rgb", default=None, help="Colour order the model expects."),
     size_option,
     click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
@@ -161,15 +176,19 @@ _EXPLAINER_OPTIONS = [
                  help="Reproduce another implementation's method: grad-cam (scorecam, "
                       "ablation, eigencam), torchcam (scorecam, sscam, iscam, cam)."),
     *METHOD_FLAGS,
-    click.option("--budget", "budget_s", type=click.FloatRange(min=0, min_open=True),
+    click.option("--budget", "budget_s", type=InRange(LIMITS["budget_s"]),
                  metavar="SECONDS",
                  help="Anytime Score-CAM: run the most promising masks first and stop after "
                       "this many seconds per image (the record estimates the fidelity)."),
-    click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True),
+    click.option("--time-limit", "time_limit_s", type=InRange(LIMITS["time_limit_s"]),
                  metavar="SECONDS",
-                 help="Stop an image whose passes take longer (a model that never finishes)."),
-    click.option("--batch-size", type=click.IntRange(min=1), help="Masked passes per run."),
-    click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
+                 help="Stop an image whose passes take longer (a model that never finishes). "
+                      "ONNX Runtime stops between operators: one operator that runs longer "
+                      "(e.g. a huge convolution) finishes first."),
+    click.option("--batch-size", type=InRange(LIMITS["batch_size"]),
+                 help="Masked passes per run."),
+    click.option("--threads", type=InRange(LIMITS["threads"]),
+                 help=f"CPU threads for ONNX Runtime (at most 4 per CPU: {MAX_THREADS} here)."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
     click.option("--providers", callback=_names, metavar="EP[,EP...]",
                  help="ONNX Runtime execution providers in order, instead of --device, e.g. "
@@ -178,7 +197,7 @@ _EXPLAINER_OPTIONS = [
                  help="Run the model in float16 (for CUDA; needs onnxcam[fp16])."),
     click.option("--labels", "labels_file", type=click.Path(path_type=Path),
                  help="Class names: one per line, or JSON."),
-    click.option("--max-pixels", type=click.IntRange(min=1),
+    click.option("--max-pixels", type=InRange(LIMITS["max_pixels"]),
                  default=preprocess.DEFAULT_MAX_PIXELS, show_default=True,
                  help="Refuse images larger than this many pixels."),
 ]  # fmt: skip
@@ -272,12 +291,14 @@ def open_explainer(
 def image_files(images: tuple[Path, ...], *, exclude: Path | None = None) -> list[Path]:
     files = collect_images(images, exclude=exclude)
     if not files:
-        raise click.ClickException(safe("no image files found in " + ", ".join(map(str, images))))
+        raise click.ClickException("no image files found in " + ", ".join(map(str, images)))
     return files
 
 
 def report_error(exc: OnnxCamError, after_bar: bool) -> None:
-    echo(f"\nError: {exc}" if after_bar else f"Error: {exc}", err=True)
+    if after_bar:
+        click.echo(err=True)  # off the progress bar's line
+    echo(f"Error: {exc}", err=True)
 
 
 def finish(failures: int, total: int) -> None:

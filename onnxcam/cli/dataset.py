@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..config import JOB_LIMITS
 from .common import (
     IMAGE_SUFFIXES,
+    InRange,
     collect_images,
     echo,
     finish,
@@ -58,14 +60,15 @@ _ENGINE_OPTIONS = [
     click.option("--workers", callback=_workers, metavar="N|MIN:MAX",
                  help="Ray workers: a fixed pool, or MIN:MAX to autoscale (default: all that "
                       "fit)."),
-    click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=1.0,
+    click.option("--cpus-per-worker", type=InRange(JOB_LIMITS["cpus_per_worker"]), default=1.0,
                  show_default=True, help="CPUs per Ray worker (also its ONNX Runtime threads)."),
-    click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
+    click.option("--gpus-per-worker", type=InRange(JOB_LIMITS["gpus_per_worker"]), default=0.0,
                  show_default=True, help="GPUs per Ray worker; the worker runs on CUDA."),
-    click.option("--max-crashes", type=click.IntRange(min=1), default=2, show_default=True,
+    click.option("--max-crashes", type=InRange(JOB_LIMITS["max_crashes"]), default=2,
+                 show_default=True,
                  help="Times an image may kill its Ray worker (run alone) before it is "
                       "recorded as an error."),
-    click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+    click.option("--stall-timeout", type=InRange(JOB_LIMITS["stall_timeout_s"]), default=600.0,
                  show_default=True, metavar="SECONDS",
                  help="Stop a Ray job in which no image finished for this long."),
 ]  # fmt: skip
@@ -102,7 +105,7 @@ def dataset_manifest(images: tuple[str, ...], out_dir: Path) -> pa.Table:
         else:
             paths += list_folder(given, IMAGE_SUFFIXES)
     if not paths:
-        raise click.ClickException(safe("no image files found in " + ", ".join(images)))
+        raise click.ClickException("no image files found in " + ", ".join(images))
     return from_paths(list(dict.fromkeys(paths)))
 
 

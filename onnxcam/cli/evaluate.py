@@ -25,6 +25,7 @@ from ..render.evalreport import write_evaluation_report
 from ..render.overlay import overlay
 from ..render.sheet import thumbnail, write_jpeg
 from ..result import version
+from ..smallfiles import read_small_text
 from .common import (
     echo,
     explainer_options,
@@ -34,9 +35,10 @@ from .common import (
     method_settings,
     open_explainer,
     report_error,
-    safe,
     target_specs,
 )
+
+MAX_BOXES_BYTES = 64 * 2**20  # boxes for every image of a large evaluation fit in far less
 
 
 def _map_pictures(folder: Path, evaluations: list[Evaluation]) -> list[tuple[str, dict[str, str]]]:
@@ -66,7 +68,7 @@ def _methods(given: tuple[str, ...]) -> tuple[str, ...]:
     unknown = [name for name in names if name not in COMPARED]
     if unknown:
         raise click.BadParameter(
-            f"unknown method '{safe(unknown[0])}'; valid: {', '.join(COMPARED)}",
+            f"unknown method '{unknown[0]}'; valid: {', '.join(COMPARED)}",
             param_hint="'--method'",
         )
     return tuple(dict.fromkeys(names))
@@ -75,11 +77,11 @@ def _methods(given: tuple[str, ...]) -> tuple[str, ...]:
 def _boxes(path: Path) -> dict[str, Any]:
     """The ``--boxes`` file: image file name -> its boxes."""
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise click.BadParameter(
-            f"cannot read {safe(str(path))}: {exc}", param_hint="'--boxes'"
-        ) from None
+        found = json.loads(read_small_text(path, what="file", limit=MAX_BOXES_BYTES))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--boxes'") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="'--boxes'") from None
     if not isinstance(found, dict):
         raise click.BadParameter(
             "expected a JSON object of file name -> boxes", param_hint="'--boxes'"
@@ -94,7 +96,7 @@ def _image_boxes(truth: dict[str, Any], files: list[Path]) -> dict[Path, list[An
         boxes = truth.get(str(path), truth.get(path.name))
         if not isinstance(boxes, list):
             why = "no entry" if boxes is None else "not a list of boxes"
-            raise click.BadParameter(f"{why} for {safe(path.name)}", param_hint="'--boxes'")
+            raise click.BadParameter(f"{why} for {path.name}", param_hint="'--boxes'")
         found[path] = boxes
     return found
 
@@ -208,7 +210,7 @@ def evaluate(
     if evaluations:
         table = summarize(evaluations)
         for line in format_table(table):
-            click.echo(line)
+            echo(line)
         document = {
             "model": str(model),
             "node": explainer.node_label,
@@ -224,7 +226,8 @@ def evaluate(
         write_atomic(out_file, (to_json(document, indent=2) + "\n").encode())
         grid = _map_pictures(folder, evaluations)
         report = write_evaluation_report(folder, document, grid)
-        echo(f"\nwrote {out_file} and {report}")
+        echo("")
+        echo(f"wrote {out_file} and {report}")
         if quantus_file is not None:
             write_atomic(quantus_file, quantus_npz(evaluations))
             echo(f"wrote {quantus_file}")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..config import RENDER_LIMITS
 from ..errors import OnnxCamError, OutputError
 from ..methods import METHODS
 from ..outdir import OutputFolder, relative_stems
@@ -17,6 +18,7 @@ from ..render import report_files
 from ..render.report import write_report
 from ..result import Result, file_names
 from .common import (
+    InRange,
     echo,
     explainer_options,
     finish,
@@ -91,7 +93,7 @@ def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], lis
 @explainer_options
 @click.option(
     "--alpha",
-    type=click.FloatRange(0, 1),
+    type=InRange(RENDER_LIMITS["alpha"]),
     default=0.5,
     show_default=True,
     help="Weight of the heat map in the overlay.",
@@ -104,7 +106,7 @@ def _names(targets: int, overlay: bool, emphasized: bool) -> Callable[[str], lis
 )
 @click.option(
     "--emphasize-threshold",
-    type=click.FloatRange(0, 1),
+    type=InRange(RENDER_LIMITS["emphasize"]),
     default=0.5,
     show_default=True,
     help="Where the emphasized map's sigmoid is centred.",

@@ -35,19 +35,20 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
         if spec.layout == "NHWC":
             dims = (1, spec.height, spec.width, spec.channels)
         index = graph.GraphIndex(graph.with_input_size(proto, spec.name, dims))
-        echo(f"input '{spec.name}' {graph.fmt_shape(index.shape(spec.name) or ())} {spec.layout}")
+        given = f"input '{spec.name}' {graph.fmt_shape(index.shape(spec.name) or ())} {spec.layout}"
         shapes = {name: index.shape(name) for name in index.outputs}
         kind = modelinfo.model_kind(shapes, metadata, (spec.height, spec.width))
     except ConfigError:
-        echo(f"input '{index.inputs[0]}' {graph.fmt_shape(index.shape(index.inputs[0]) or ())} "
-             "(size known only with --size)")  # fmt: skip
-    outputs = [f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs]
-    echo(_wrap(f"outputs {', '.join(outputs)}"))
+        given = (f"input '{index.inputs[0]}' {graph.fmt_shape(index.shape(index.inputs[0]) or ())} "
+                 "(size known only with --size)")  # fmt: skip
     candidates = graph.spatial_candidates(index.model, index)
-    if not candidates:
+    if not candidates:  # before anything is printed: a failure is one line
         raise click.ClickException(
-            safe(f"{model} has no 4-D spatial feature map computed from its image input")
+            f"{model} has no 4-D spatial feature map computed from its image input"
         )
+    echo(given)
+    outputs = [f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs]
+    _echo_wrapped(f"outputs {', '.join(outputs)}")
     choice: graph.AutoChoice | None
     try:
         if kind is not None and kind.detection is not None:
@@ -63,31 +64,30 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
             "*" if c.tensor in picked else "",
             safe(c.node if c.node and owners[c.node] == 1 else c.tensor),
             safe(c.op_type),
-            graph.fmt_shape(c.shape),
+            safe(graph.fmt_shape(c.shape)),
             c.layout.name,
         )
         for c in candidates
     ]
     header = ("", "node (or tensor)", "op", "shape", "layout")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    click.echo("")
-    for row in [header, *rows]:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    echo("")
+    for row in [header, *rows]:  # escaped above, so that the widths are those shown
+        echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     echo("")
     if kind is not None and kind.kind in ("detector", "segmenter"):
-        echo(_wrap(safe(f"model: a {kind.kind} ({kind.why})")))
+        _echo_wrapped(f"model: a {kind.kind} ({kind.why})")
     elif choice is not None and choice.head:
-        echo(_wrap(f"model: a classifier; its head starts at {safe(choice.head)}"))
+        _echo_wrapped(f"model: a classifier; its head starts at {choice.head}")
     else:
         echo("model: no classifier head (no node collapses a spatial map into a vector)")
     if choice is not None:
         names = ",".join(c.label for c in choice.candidates)
-        echo(_wrap(safe(f"* auto picks '{names}': {choice.reason}")))
+        _echo_wrapped(f"* auto picks '{names}': {choice.reason}")
 
 
-def _wrap(text: str) -> str:
-    """Long lines folded at 100 columns, continuations indented (names never split)."""
-    return "\n".join(
-        textwrap.fill(part, 100, subsequent_indent="    ", break_long_words=False)
-        for part in text.split("\n")
-    )
+def _echo_wrapped(text: str) -> None:
+    """``text`` escaped, then folded at 100 columns with continuations indented (names never
+    split): each line printed on its own, so only the folding breaks lines."""
+    for line in textwrap.wrap(safe(text), 100, subsequent_indent="    ", break_long_words=False):
+        echo(line)

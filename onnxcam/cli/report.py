@@ -18,10 +18,8 @@ def report(out_dir: Path) -> None:
     (e.g. after a run that did not write them, or one on another engine)."""
     if not is_output_folder(out_dir):
         raise click.ClickException(
-            safe(
-                f"{out_dir} holds no onnxcam run (no run.json and results.jsonl); give the -o "
-                "folder of an `onnxcam explain` run"
-            )
+            f"{out_dir} holds no onnxcam run (no run.json and results.jsonl); give the -o "
+            "folder of an `onnxcam explain` run"
         )
     written = write_report(out_dir)
     echo(written.page)

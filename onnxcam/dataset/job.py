@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import JOB_LIMITS, check_rendering
 from ..errors import ConfigError, OnnxCamError
 from ..render import write_atomic
 from .schema import RESULT_SCHEMA
@@ -49,18 +50,17 @@ class JobOptions:
     images_per_call: int = IMAGES_PER_CALL
 
     def validate(self) -> None:
-        if self.cpus_per_worker <= 0:
-            raise ConfigError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0:
-            raise ConfigError(f"--gpus-per-worker must be 0 or more, got {self.gpus_per_worker}")
-        if self.max_crashes < 1:
-            raise ConfigError(f"--max-crashes must be at least 1, got {self.max_crashes}")
+        """Every option in its range (:data:`onnxcam.config.JOB_LIMITS`), or a
+        :class:`ConfigError` naming it."""
+        for name, bounds in JOB_LIMITS.items():
+            problem = bounds.problem(getattr(self, name))
+            if problem:
+                raise ConfigError(f"{name} {problem}")
         if self.workers is not None and not 1 <= self.workers[0] <= self.workers[1]:
             raise ConfigError(
                 f"--workers must be N or MIN:MAX with 1 <= MIN <= MAX, got {self.workers}"
             )
-        if not self.stall_timeout_s > 0:
-            raise ConfigError(f"--stall-timeout must be positive, got {self.stall_timeout_s}")
+        check_rendering(self.alpha, self.emphasize)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from ..quiet import native_stderr_silenced
 from ..render import build_report, write_atomic
 from ..result import version
 from ..targets import TargetLike
+from ..text import first_line
 from .job import IMAGES_PER_CALL, SUMMARY, JobOptions, JobSummary, Progress, write_summary
 from .ledger import CrashLedger
 from .manifest import is_uri
@@ -229,7 +230,7 @@ def ray_session(address: str | None = None) -> Iterator[None]:
             )
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = "a new local Ray" if target == "local" else f"Ray at {target}"
-        raise ClusterError(f"cannot start {where}: {_first_line(exc)}") from None
+        raise ClusterError(f"cannot start {where}: {first_line(exc)}") from None
     try:
         yield
     finally:
@@ -317,12 +318,7 @@ def _cause(exc: BaseException) -> OnnxCamError:
         if isinstance(seen, OnnxCamError):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
-    return ClusterError(f"the Ray job failed: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]
+    return ClusterError(f"the Ray job failed: {first_line(exc)}")
 
 
 class _Results:

@@ -45,7 +45,11 @@ class RiseOptions(Options):
     """The random masks."""
 
     samples: int = knob(4000, flag="--samples", minimum=1, help="random masks")
-    cells: int = knob(7, flag="--cells", minimum=1, help="grid cells per side of a mask")
+    # RISE uses 7 cells a side, D-RISE 16; each mask's grid is drawn at cells x cells, which
+    # the bound keeps small (half a megabyte a mask at 256).
+    cells: int = knob(
+        7, flag="--cells", minimum=1, maximum=256, help="grid cells per side of a mask"
+    )
     keep: float = knob(0.5, flag="--keep", above=0.0, maximum=1.0, help="share of cells kept")
     seed: int = knob(0, flag="--seed", minimum=0, help="seed of the masks")
 

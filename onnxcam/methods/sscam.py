@@ -33,7 +33,11 @@ class SmoothOptions(ScoreCamOptions):
     """Score-CAM's options plus the noise."""
 
     samples: int = knob(35, flag="--samples", minimum=1, help="noisy copies of every mask")
-    noise: float = knob(2.0, flag="--noise", minimum=0.0, help="std of the noise on the masks")
+    # A std far beyond the masks' 0..1 drowns them long before 1000; the bound keeps the
+    # noise finite in float32.
+    noise: float = knob(
+        2.0, flag="--noise", minimum=0.0, maximum=1e3, help="std of the noise on the masks"
+    )
     seed: int = knob(0, flag="--seed", minimum=0, help="seed of the noise")
 
 

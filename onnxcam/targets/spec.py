@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..smallfiles import read_small_text
 from .auto import AutoSpec
 from .base import TargetSpec
 from .classify import ClassSpec, TopSpec
@@ -25,6 +26,8 @@ from .index import IndexSpec
 from .segmentation import SegmentationSpec
 
 __all__ = ["KINDS", "TargetLike", "load_target_file", "parse_target", "resolve_targets"]
+
+MAX_TARGET_FILE_BYTES = 16 * 2**20  # thousands of boxes fit in far less
 
 #: Target kinds by name; adding a kind is one module and one line here.
 KINDS: dict[str, type[TargetSpec]] = {
@@ -112,12 +115,13 @@ def load_target_file(path: str | Path) -> list[TargetSpec]:
         ConfigError: unreadable file, invalid JSON, or a bad spec.
     """
     path = Path(path)
+    text = read_small_text(path, what="target file", limit=MAX_TARGET_FILE_BYTES)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read target file {path}: {exc}") from None
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"target file {path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"target file {path} is nested too deeply to hold targets") from None
     entries = document if isinstance(document, list) else [document]
     if not entries:
         raise ConfigError(f"target file {path} holds no targets")
