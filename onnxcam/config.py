@@ -171,16 +171,19 @@ class ExplainerConfig:
 
     Attributes:
         model: the ``.onnx`` file's path or the model's bytes (never modified; external data
-            only with a path); :class:`onnxcam.Explainer` also takes an ``onnx.ModelProto``.
+            only with a path); :class:`onnxcam.Explainer` also takes ``bytearray``,
+            ``memoryview``, a path-like object and an ``onnx.ModelProto``.
         node: ``auto``, a node name, or an output tensor name.
         preset: ``imagenet``, ``caffe``, ``tf``, ``unit`` or ``raw``; default: the model's
             ``onnxcam.preset`` metadata, else ``imagenet``.
-        mean, std, scale, bgr: override parts of the preset.
+        mean, std, scale, bgr: override parts of the preset (ranges: :data:`LIMITS`, which
+            keep the model's input finite in float32).
         size: (height, width) when the model's input size is not static.
         layout: ``NCHW`` or ``NHWC`` to override detection.
         baseline: ``none``, ``zero``, ``black`` or ``blur`` (README: Score-CAM, the default method).
         batch_size: passes per run (default: from the model and a memory budget).
-        threads: CPU threads for ONNX Runtime.
+        threads: CPU threads for ONNX Runtime, at most 4 per CPU this process may use
+            (:data:`MAX_THREADS`).
         device: ``auto``, ``cpu`` or ``cuda``.
         labels: a labels file or a sequence of names (default: the model's metadata).
         max_pixels: refuse images with more pixels than this.
@@ -205,7 +208,8 @@ class ExplainerConfig:
             close the map is to the exact one).
         time_limit_s: seconds an image's passes may take in all; a model that runs longer
             (one that never finishes) is stopped and the image fails with a
-            :class:`TimeLimitError`.
+            :class:`TimeLimitError`. ONNX Runtime stops between operators: a single
+            operator that runs longer than the limit (a huge convolution) finishes first.
         resize: how images are fitted into the input: ``stretch`` (the whole image resized
             to the input size) or ``letterbox`` (aspect ratio kept, padded with grey 114, as
             Ultralytics does); default: ``letterbox`` for YOLO-family detectors, else

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .. import modelinfo
+from ..config import MAX_THREADS
 from ..runner import Runnable
 from ..runtime import Session, installed_runtimes
 from . import OpenOptions
@@ -68,7 +69,8 @@ class OrtBackend:
         """ONNX Runtime ignores ``OMP_NUM_THREADS``: its intra-op threads are set to the CPUs
         given (unless the config sets them), and CUDA serves when there are GPUs (unless the
         config names its providers)."""
-        threads = config.threads or max(1, int(cpus))
+        # a node may claim more CPUs than it has (ray start --num-cpus): threads stay in range
+        threads = config.threads or max(1, min(int(cpus), MAX_THREADS))
         if config.providers is None:
             device = "cuda" if gpus > 0 else ("cpu" if config.device == "auto" else config.device)
             return replace(config, threads=threads, device=device)

@@ -22,7 +22,6 @@ from .common import (
     open_explainer,
     option_group,
     run_settings,
-    safe,
     target_specs,
 )
 

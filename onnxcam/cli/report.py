@@ -8,7 +8,7 @@ import click
 
 from ..outdir import is_output_folder
 from ..render.report import write_report
-from .common import echo, safe
+from .common import echo
 
 
 @click.command()
