@@ -133,6 +133,9 @@ def iter_records(
             value = json.loads(line.decode("utf-8", errors="replace"))
         except ValueError:
             continue  # a line cut short by a killed run
+        except RecursionError:  # valid JSON nested deeper than any record is
+            counts.invalid += 1
+            continue
         record = valid_record(value, statuses)
         if record is None:
             counts.invalid += 1

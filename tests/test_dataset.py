@@ -283,8 +283,8 @@ def test_without_the_extra_the_ray_engine_is_one_line(tmp_path, monkeypatch):
 
 def test_progress_lines_escape_the_names_they_quote(capsys):
     """A stalled job names what it waits for (file names, a worker's error): one line."""
-    from onnxcam.cli.scale import _progress
-    from onnxcam.scale.job import Progress
+    from onnxcam.cli.dataset import _progress
+    from onnxcam.dataset.job import Progress
 
     stalled = "waiting for a\nFAKE: 0 of 0 explained\r.png"
     _progress(Progress(1, 2, 0, 0, elapsed_s=9.0, rate=0.1, idle_s=700.0, stalled=stalled))

@@ -47,3 +47,23 @@ def test_fuzzed_options(tmp_path):
     assert counts.get("option-ok", 0) + counts.get("option-refused", 0) == 300
     assert counts.get("option-ok", 0) > 10 and counts.get("option-refused", 0) > 100
     assert proc.returncode == 0
+
+
+def test_fuzzed_records_and_manifests(tmp_path):
+    """Hostile results.jsonl lines (names that leave the folder, wrong types, huge, nested or
+    cut lines) under report, a rerun and --overwrite, and hostile CSV manifests: a result or
+    one error line, and no file outside the output folder changed."""
+    report_path = tmp_path / "records.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "fuzz.py"), "--seed", "20261207", "--models", "0",
+         "--images", "0", "--records", "60", "--manifests", "200", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), f"the fuzzer crashed: {proc.returncode}\n{proc.stderr}"
+    report = json.loads(report_path.read_text())
+    assert report["problems"] == [], report["problems"][:5]
+    assert report["stderr"] == ""
+    counts = report["counts"]
+    assert counts.get("record-ok", 0) + counts.get("record-refused", 0) == 60
+    assert counts.get("manifest-ok", 0) > 5 and counts.get("manifest-refused", 0) > 100
+    assert proc.returncode == 0

@@ -9,13 +9,18 @@ files with bytes flipped, truncated, headers rewritten to absurd sizes, or junk 
 Each case goes through the library (``Explainer(...).explain``), and every fifth one through
 the command line as well. Option cases give one to three options of ``explain``, ``evaluate``
 or ``nodes`` a hostile value each (NaN, infinities, huge, negative, empty, words, control
-characters, a forged line) on the tiny model and a good image. Everything runs in this
+characters, a forged line) on the tiny model and a good image. Record cases put hostile lines
+(names that leave the folder, wrong types, huge, nested or cut lines) into a real output
+folder's ``results.jsonl`` and run ``report``, a rerun or ``--overwrite`` on it: one error line
+at most, and no file outside the folder changed; manifest cases read hostile CSV manifests as
+``--engine ray`` does. Everything runs in this
 process, with file descriptor 2 captured: a crash ends the process (the caller sees it), and
 anything native code prints is counted.
 
 Usage::
 
-    python tools/fuzz.py --seed 0 --models 200 --images 200 [--options 200] [--json counts.json]
+    python tools/fuzz.py --seed 0 --models 200 --images 200 [--options 200] [--records 100]
+        [--manifests 200] [--json counts.json]
 
 The test suite runs it on a fixed seed in a subprocess (tests/test_fuzz.py); run it longer by
 hand with larger counts and other seeds.
@@ -28,6 +33,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import struct
 import sys
 import tempfile
@@ -236,14 +242,16 @@ def hostile_args(option: click.Option, rng: random.Random) -> list[str]:
     return [name, rng.choice(HOSTILE_VALUES)]
 
 
-def strict_json(folder: Path) -> str | None:
-    """The first JSON file under ``folder`` that holds NaN or Infinity (which JSON.parse
-    refuses), or None."""
+def strict_json(folder: Path, skip: tuple[str, ...] = ()) -> str | None:
+    """The first JSON file under ``folder`` (but those named in ``skip``) that holds NaN or
+    Infinity (which JSON.parse refuses), or None."""
 
     def refuse(name: str) -> None:
         raise ValueError(name)
 
     for path in sorted(folder.rglob("*.json*")) if folder.is_dir() else []:
+        if path.name in skip:
+            continue
         text = path.read_text(encoding="utf-8")
         try:
             for line in text.splitlines() if path.suffix == ".jsonl" else [text]:
@@ -256,7 +264,7 @@ def strict_json(folder: Path) -> str | None:
 _ALLOWED = ("Usage: ", "Try '", "note: ")  # click's usage lines, the Explainer's notes
 
 
-def option_problem(result: Result, out: Path) -> str | None:
+def option_problem(result: Result, out: Path, skip: tuple[str, ...] = ()) -> str | None:
     """What is wrong with a run's output: a traceback, a control character or a forged line
     anywhere, NaN or Infinity in a JSON file it wrote, or a failure that is not one error
     line (under click's usage lines, or the Explainer's notes); None when nothing is."""
@@ -267,7 +275,7 @@ def option_problem(result: Result, out: Path) -> str | None:
     if any(c in text for c in "\x1b\r\x07\u202e") or any(ln.startswith("FAKE") for ln in lines):
         return "a control character or a forged line"
     if result.exit_code == 0:
-        bad = strict_json(out)
+        bad = strict_json(out, skip)
         return None if bad is None else f"NaN or Infinity in {bad}"
     errors = [line for line in lines if line.startswith("Error: ")]
     others = [line for line in lines if not line.startswith(("Error: ", *_ALLOWED))]
@@ -309,12 +317,152 @@ def fuzz_options(tally: Tally, rng: random.Random, cases: int, folder: Path) -> 
         os.chdir(here)
 
 
+# ----------------------------------------------------------------------------- records
+
+#: Names a record may give for its files that leave the output folder, or name its own state.
+HOSTILE_NAMES = [
+    "../victim.txt", "/etc/passwd", "//attacker.example/p.png", "a/../../b.png", "", ".",
+    "x\\..\\y.png", "C:evil.png", "thumbs/../../z.jpg", "a\x00b.png", "results.jsonl",
+    "run.json", ".onnxcam.lock", "../outside/photo.png",
+]  # fmt: skip
+_RECORD_VALUES: list[object] = [
+    None, 5, -1.5, True, [], [1], {}, {"a": 1}, "x" * 5000, "line\nFAKE: forged line",
+    "\x1b[31mred", float("nan"), float("inf"),
+]  # fmt: skip
+
+
+def mutate_record(record: dict, rng: random.Random) -> str:
+    """One hostile ``results.jsonl`` line made from a real record: names that leave the
+    folder, values of the wrong type, a missing field, a huge or deeply nested one, flipped
+    bytes, or a line that is not an object."""
+    line = json.loads(json.dumps(record))
+    kind = rng.choice(["name", "name", "value", "drop", "huge", "nest", "bytes", "type"])
+    if kind == "name":
+        files = line.setdefault("files", {})
+        first = (line.get("targets") or [{}])[0]
+        holder = rng.choice([files, first.setdefault("files", {})])
+        holder[rng.choice(["json", "overlay", "saliency", "npy"])] = rng.choice(HOSTILE_NAMES)
+    elif kind == "value":
+        line[rng.choice(sorted(line))] = rng.choice(_RECORD_VALUES)
+    elif kind == "drop":
+        line.pop(rng.choice(sorted(line)), None)
+    elif kind == "huge":
+        line["notes"] = ["x" * rng.choice([10, 1 << 20, (1 << 20) + 100])]
+    elif kind == "nest":
+        depth = rng.choice([10, 500, 5000])
+        line["notes"] = "NEST"
+        return json.dumps(line).replace('"NEST"', "[" * depth + "1" + "]" * depth)
+    elif kind == "type":
+        return json.dumps(rng.choice([[line], "text", 5, None]))
+    text = json.dumps(line, allow_nan=True)
+    if kind == "bytes":
+        raw = bytearray(text.encode())
+        for _ in range(rng.randint(1, 8)):
+            raw[rng.randrange(len(raw))] = rng.randrange(32, 127)
+        return raw.decode("latin-1")
+    return text
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def fuzz_records(tally: Tally, rng: random.Random, cases: int, folder: Path) -> None:
+    """``cases`` runs of ``report``, a rerun or ``--overwrite`` on an output folder whose
+    ``results.jsonl`` holds hostile lines among real ones: each must end in a result or one
+    error line, and no file outside the folder may change."""
+    if not cases:
+        return
+    model = build_tiny(folder / "rec_model.onnx", tiny_weights())
+    inputs = folder / "rec_in"
+    inputs.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(inputs / f"{i}.png"), np.full((16, 16, 3), 60 * i, np.uint8))
+    outside = folder / "rec_outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("precious\n")
+    cv2.imwrite(str(outside / "photo.png"), np.full((300, 300, 3), 200, np.uint8))
+    base = folder / "rec_base"
+    args = ["explain", str(model), str(inputs), "-o", str(base), "--preset", "unit"]
+    CliRunner().invoke(cli, args)
+    good = [json.loads(x) for x in (base / "results.jsonl").read_text().splitlines()]
+    before = _snapshot(outside)
+    for i in range(cases):
+        out = folder / f"rec_out{i % 4}"
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(base, out)
+        with open(out / "results.jsonl", "a", encoding="utf-8") as handle:
+            for _ in range(rng.randint(1, 4)):
+                handle.write(mutate_record(rng.choice(good), rng) + "\n")
+        command = rng.choice(["report", "rerun", "overwrite"])
+        if command == "report":
+            args = ["report", str(out)]
+        else:
+            args = ["explain", str(model), str(inputs), "-o", str(out), "--preset", "unit"]
+            args += ["--overwrite"] if command == "overwrite" else []
+        result = CliRunner().invoke(cli, args)
+        problem = option_problem(result, out, skip=("results.jsonl",))  # hostile by design
+        if problem is None and _snapshot(outside) != before:
+            problem = "a file outside the output folder changed"
+        if problem:
+            tally.add("cli", f"records, {command}: {problem}: {result.output[-300:]!r}")
+        else:
+            tally.add("record-ok" if result.exit_code == 0 else "record-refused")
+
+
+def fuzz_manifests(tally: Tally, rng: random.Random, cases: int, folder: Path) -> None:
+    """``cases`` hostile CSV manifests read as ``--engine ray`` reads them (no Ray is
+    started): each is a table or one ConfigError line."""
+    if not cases:
+        return
+    try:
+        from onnxcam.dataset.manifest import read_manifest
+    except ImportError:  # no pyarrow: the Ray extra is not installed
+        return
+    rows = [
+        "a.png",
+        "./a.png",
+        "",
+        " ",
+        "s3://b/x.png",
+        "s3://b/./x.png",
+        "file:///dev/zero",
+        "../../etc/passwd",
+        "x\nFAKE",
+        '"quoted,comma.png"',
+        "a" * 300,
+        "\x1b[31m.png",
+    ]
+    headers = ["path", "path,target,label", "file", "path,path", "", "path,target"]
+    for i in range(cases):
+        lines = [rng.choice(headers)]
+        lines += [rng.choice(rows) + rng.choice(["", ",top:2", ",class:x,", ",,"])
+                  for _ in range(rng.randint(0, 6))]  # fmt: skip
+        path = folder / f"manifest{i % 4}.csv"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        try:
+            read_manifest(str(path))
+            tally.add("manifest-ok")
+        except OnnxCamError as exc:
+            text = str(exc)
+            tally.add("multiline" if "\n" in text else "manifest-refused", text)
+        except Exception:
+            tally.add("unexpected", traceback.format_exc())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", type=int, default=200)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--options", type=int, default=0, help="hostile option cases")
+    p.add_argument("--records", type=int, default=0, help="hostile results.jsonl cases")
+    p.add_argument("--manifests", type=int, default=0, help="hostile manifest cases")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
@@ -345,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                 if i % 5 == 0:
                     cli_case(tally, good_model, path, folder / "out")
             fuzz_options(tally, rng, args.options, folder)
+            fuzz_records(tally, rng, args.records, folder)
+            fuzz_manifests(tally, rng, args.manifests, folder)
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
@@ -356,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": args.models,
         "images": args.images,
         "options": args.options,
+        "records": args.records,
+        "manifests": args.manifests,
         "counts": tally.counts,
         "problems": tally.problems,
         "stderr": noise[:2000],

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..errors import ConfigError, ImageError
+from ..text import first_line
 
 __all__ = [
     "COLUMNS",
@@ -117,7 +118,7 @@ def _filesystem(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
             return pafs.FileSystem.from_uri(uri_or_path)
         return pafs.LocalFileSystem(), os.path.abspath(uri_or_path)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ConfigError(f"cannot open {uri_or_path}: {_first_line(exc)}") from exc
+        raise ConfigError(f"cannot open {uri_or_path}: {first_line(exc)}") from exc
 
 
 def read_manifest(source: str) -> pa.Table:
@@ -146,9 +147,15 @@ def read_manifest(source: str) -> pa.Table:
         raise ConfigError(f"manifest {source} not found") from None
     except (pa.ArrowException, OSError) as exc:
         raise ConfigError(
-            f"cannot read manifest {source}: {_first_line(exc)} (valid: a .csv with a header "
+            f"cannot read manifest {source}: {first_line(exc)} (valid: a .csv with a header "
             "row or a .parquet file, with a 'path' column)"
         ) from exc
+    twice = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if twice:
+        raise ConfigError(
+            f"manifest {source} names the column '{twice[0]}' more than once; give each column "
+            "once ('path', and optionally 'target' and 'label')"
+        )
     if "path" not in table.column_names:
         shown = ", ".join(table.column_names[:8]) or "none"
         raise ConfigError(
@@ -162,7 +169,7 @@ def read_manifest(source: str) -> pa.Table:
                 columns[name] = table.column(name).cast(pa.string()).to_pylist()
             except pa.ArrowException as exc:
                 raise ConfigError(
-                    f"manifest {source}: column '{name}' is not text ({_first_line(exc)})"
+                    f"manifest {source}: column '{name}' is not text ({first_line(exc)})"
                 ) from exc
     paths = columns["path"]
     for row, path in enumerate(paths, 1):
@@ -191,7 +198,7 @@ def list_folder(uri: str, suffixes: Iterable[str]) -> list[str]:
     except FileNotFoundError:
         raise ConfigError(f"folder {uri} not found") from None
     except (pa.ArrowException, OSError) as exc:
-        raise ConfigError(f"cannot list {uri}: {_first_line(exc)}") from exc
+        raise ConfigError(f"cannot list {uri}: {first_line(exc)}") from exc
     root = where.rstrip("/")
     found = sorted(
         info.path
@@ -225,7 +232,7 @@ def read_bytes(uri: str, *, max_bytes: int) -> bytes:
         with fs.open_input_stream(where) as handle:
             data = bytes(handle.read(max_bytes + 1))
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ImageError(f"{uri}: cannot be read ({_first_line(exc)})") from exc
+        raise ImageError(f"{uri}: cannot be read ({first_line(exc)})") from exc
     if len(data) > max_bytes:
         raise ImageError(f"{uri}: object is larger than {max_bytes:,} bytes (--max-pixels)")
     return data
@@ -244,8 +251,3 @@ def _read_local(uri: str, where: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ImageError(f"{uri}: file is larger than {max_bytes:,} bytes (--max-pixels)")
     return data
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__

@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 
 from ..errors import ModelError
+from ..text import first_line
 
 
 def load_model(source: str | Path | bytes) -> onnx.ModelProto:
@@ -26,7 +27,7 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
             model = onnx.load_model_from_string(source)
         except Exception as exc:
             raise ModelError(
-                f"cannot read {name} as an ONNX model ({type(exc).__name__}: {_first_line(exc)})"
+                f"cannot read {name} as an ONNX model ({type(exc).__name__}: {first_line(exc)})"
             ) from exc
         if any(_is_external(t) for t in model.graph.initializer):
             raise ModelError(
@@ -52,7 +53,7 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=True)
     except Exception as exc:  # protobuf DecodeError, missing external data, path checks
         raise ModelError(
-            f"cannot read {path} as an ONNX model ({type(exc).__name__}: {_first_line(exc)}); "
+            f"cannot read {path} as an ONNX model ({type(exc).__name__}: {first_line(exc)}); "
             "is the file complete and exported with torch.onnx/tf2onnx/paddle2onnx?"
         ) from exc
     return _checked(model, str(path), check=False, failed=failed)
@@ -103,10 +104,5 @@ def _checked(
         except Exception as exc:
             failed = exc
     if failed is not None:
-        raise ModelError(f"{name} fails the ONNX checker: {_first_line(failed)}") from failed
+        raise ModelError(f"{name} fails the ONNX checker: {first_line(failed)}") from failed
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
