@@ -15,7 +15,7 @@ import os
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from typing import Any
 
 from . import preprocess
@@ -26,7 +26,7 @@ from .layouts import INPUT_LAYOUTS
 from .methods import METHODS
 from .methods.scorecam import BASELINES
 from .preprocess import Normalization
-from .runtime import ProviderSpec, provider_specs, session_option_types
+from .runtime import DEVICES, ProviderSpec, provider_specs, session_option_types
 
 __all__ = [
     "BASELINES",
@@ -121,18 +121,27 @@ MAX_THREADS = 4 * _cpus()
 #: inside float32 (no overflow to infinity before the model even runs).
 _NORM = 1e6
 
-#: The range of each numeric field of :class:`ExplainerConfig` (``mean`` and ``std``: of
-#: each of their values); the command line takes its options' ranges from here.
-LIMITS: dict[str, Bounds] = {
-    "mean": Bounds(-_NORM, _NORM),
-    "std": Bounds(1 / _NORM, _NORM),
-    "scale": Bounds(0, _NORM, low_open=True),
-    "batch_size": Bounds(1, integer=True),
-    "threads": Bounds(1, MAX_THREADS, integer=True),
-    "max_pixels": Bounds(1, integer=True),
-    "budget_s": Bounds(0, MAX_SECONDS, low_open=True, unit="seconds"),
-    "time_limit_s": Bounds(0, MAX_SECONDS, low_open=True, unit="seconds"),
-}
+
+def setting(
+    default: Any,
+    *,
+    flag: str | None = None,
+    help: str = "",
+    bounds: Bounds | None = None,
+    choices: Sequence[str] | None = None,
+    cli: str = "value",
+    metavar: str | None = None,
+) -> Any:
+    """One setting of :class:`ExplainerConfig`, declared once: its default, its valid values
+    (``bounds`` or ``choices``: :func:`validate` checks them) and, with ``flag``, its
+    command-line option (its ``help``; ``cli`` says how the option reads its text:
+    ``value``, ``floats``, ``size``, ``names``, ``path``, ``flag`` or ``switch``). The
+    command line (:mod:`onnxcam.cli.common`) makes its options from these declarations."""
+    meta: dict[str, Any] = {"flag": flag, "help": help, "bounds": bounds, "cli": cli}
+    meta["metavar"] = metavar
+    meta["choices"] = None if choices is None else tuple(choices)
+    return field(default=default, metadata=meta)
+
 
 _SIDE = Bounds(1, integer=True)  # pixels; modelinfo names the largest side it takes
 
@@ -219,30 +228,132 @@ class ExplainerConfig:
     """
 
     model: str | bytes
-    node: str = "auto"
-    preset: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    scale: float | None = None
-    bgr: bool | None = None
-    size: tuple[int, int] | None = None
-    layout: str | None = None
-    baseline: str = "none"
-    batch_size: int | None = None
-    threads: int | None = None
-    device: str = "auto"
-    labels: str | tuple[str, ...] | None = None
-    max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+    # The fields with a flag are the command line's options, in this order (onnxcam.cli).
+    node: str = setting("auto", flag="--node", help="Node name, tensor name, or auto.")
+    preset: str | None = setting(
+        None,
+        flag="--preset",
+        choices=tuple(preprocess.PRESETS),
+        help="Input normalisation (default: the model's metadata, else imagenet).",
+    )
+    mean: tuple[float, ...] | None = setting(
+        None,
+        flag="--mean",
+        cli="floats",
+        bounds=Bounds(-_NORM, _NORM),
+        help="Per-channel mean, e.g. 0.485,0.456,0.406.",
+    )
+    std: tuple[float, ...] | None = setting(
+        None,
+        flag="--std",
+        cli="floats",
+        bounds=Bounds(1 / _NORM, _NORM),
+        help="Per-channel std, e.g. 0.229,0.224,0.225.",
+    )
+    scale: float | None = setting(
+        None,
+        flag="--scale",
+        bounds=Bounds(0, _NORM, low_open=True),
+        help="Pixel (0..255) multiplier applied before mean/std.",
+    )
+    bgr: bool | None = setting(
+        None, flag="--bgr/--rgb", cli="switch", help="Colour order the model expects."
+    )
+    size: tuple[int, int] | None = setting(
+        None,
+        flag="--size",
+        cli="size",
+        help="Input size HxW (224 or 224x320) when the model's is dynamic.",
+    )
+    layout: str | None = setting(
+        None, flag="--layout", choices=INPUT_LAYOUTS, help="Override layout detection."
+    )
+    resize: str | None = setting(
+        None,
+        flag="--resize",
+        choices=RESIZES,
+        help="Fit images by stretching or letterboxing (default: letterbox for YOLO-family "
+        "detectors, else stretch).",
+    )
+    baseline: str = setting(
+        "none",
+        flag="--baseline",
+        choices=BASELINES,
+        help="Score subtracted from each masked score (scorecam, sscam, iscam).",
+    )
+    budget_s: float | None = setting(
+        None,
+        flag="--budget",
+        metavar="SECONDS",
+        bounds=Bounds(0, MAX_SECONDS, low_open=True, unit="seconds"),
+        help="Anytime Score-CAM: run the most promising masks first and stop after this many "
+        "seconds per image (the record estimates the fidelity).",
+    )
+    time_limit_s: float | None = setting(
+        None,
+        flag="--time-limit",
+        metavar="SECONDS",
+        bounds=Bounds(0, MAX_SECONDS, low_open=True, unit="seconds"),
+        help="Stop an image whose passes take longer (a model that never finishes). ONNX "
+        "Runtime stops between operators: one operator that runs longer (e.g. a huge "
+        "convolution) finishes first.",
+    )
+    batch_size: int | None = setting(
+        None, flag="--batch-size", bounds=Bounds(1, integer=True), help="Masked passes per run."
+    )
+    threads: int | None = setting(
+        None,
+        flag="--threads",
+        bounds=Bounds(1, MAX_THREADS, integer=True),
+        help=f"CPU threads for ONNX Runtime (at most 4 per CPU: {MAX_THREADS} here).",
+    )
+    device: str = setting("auto", flag="--device", choices=DEVICES, help="Where the model runs.")
+    providers: tuple[ProviderSpec, ...] | None = setting(
+        None,
+        flag="--providers",
+        cli="names",
+        metavar="EP[,EP...]",
+        help="ONNX Runtime execution providers in order, instead of --device, e.g. "
+        "TensorrtExecutionProvider,CUDAExecutionProvider; the first must serve.",
+    )
+    fp16: bool = setting(
+        False,
+        flag="--fp16",
+        cli="flag",
+        help="Run the model in float16 (for CUDA; needs onnxcam[fp16]).",
+    )
+    labels: str | tuple[str, ...] | None = setting(
+        None, flag="--labels", cli="path", help="Class names: one per line, or JSON."
+    )
+    max_pixels: int = setting(
+        preprocess.DEFAULT_MAX_PIXELS,
+        flag="--max-pixels",
+        bounds=Bounds(1, integer=True),
+        help="Refuse images larger than this many pixels.",
+    )
+    # Set by the command (--method, --compat and the method's flags) or by the API alone.
+    method: str = setting("scorecam", choices=tuple(METHODS))
     options: Any = None  # the method's Options; None: its official preset
-    fp16: bool = False
-    method: str = "scorecam"
-    providers: tuple[ProviderSpec, ...] | None = None
     session_options: dict[str, Any] | None = None
-    budget_s: float | None = None
-    time_limit_s: float | None = None
-    resize: str | None = None
     split_head: bool = False  # split off the head even when the method does not need it
-    backend: str = "ort"
+    backend: str = setting(
+        "ort",
+        flag="--backend",
+        choices=BACKEND_NAMES,
+        help="What opens and runs the model: ort (ONNX Runtime in this process).",
+    )
+
+
+#: The range of each numeric field of :class:`ExplainerConfig` (``mean`` and ``std``: of
+#: each of their values), from the fields' declarations.
+LIMITS: dict[str, Bounds] = {
+    f.name: f.metadata["bounds"] for f in fields(ExplainerConfig) if f.metadata.get("bounds")
+}
+
+
+def settings_with_flags() -> list[Field[Any]]:
+    """The settings that are command-line options, in the order the declaration gives."""
+    return [f for f in fields(ExplainerConfig) if f.metadata.get("flag")]
 
 
 def plain_numbers(values: Any, *, integer: bool = False) -> tuple[Any, ...]:
@@ -290,24 +401,18 @@ def validate(config: ExplainerConfig) -> None:
             "the model must be a path, the model's bytes or an onnx.ModelProto, not "
             f"{type(config.model).__name__}"
         )
-    if config.method not in METHODS:
-        raise ConfigError(f"unknown method '{config.method}'; valid: {', '.join(METHODS)}")
+    for f in fields(config):  # the declared choices
+        value, choices = getattr(config, f.name), f.metadata.get("choices")
+        if choices is not None and value is not None and value not in choices:
+            raise ConfigError(f"unknown {f.name} '{value}'; valid: {', '.join(choices)}")
     if config.options is not None:
         check_options(config.method, config.options)
-    if config.baseline not in BASELINES:
-        raise ConfigError(f"unknown baseline '{config.baseline}'; valid: {', '.join(BASELINES)}")
     if config.baseline != "none" and not METHODS[config.method].takes_baseline:
         takers = ", ".join(name for name, cls in METHODS.items() if cls.takes_baseline)
         raise ConfigError(
             f"method '{config.method}' takes no baseline (--baseline {config.baseline}); "
             f"methods that do: {takers}"
         )
-    if config.preset is not None and config.preset not in preprocess.PRESETS:
-        raise ConfigError(
-            f"unknown preset '{config.preset}'; valid: {', '.join(preprocess.PRESETS)}"
-        )
-    if config.layout is not None and config.layout not in LAYOUTS:
-        raise ConfigError(f"unknown layout '{config.layout}'; valid: {', '.join(LAYOUTS)}")
     for name, bounds in LIMITS.items():
         value = getattr(config, name)
         if value is None:
@@ -326,10 +431,6 @@ def validate(config: ExplainerConfig) -> None:
         problem = next(filter(None, map(_SIDE.problem, config.size)), None)
         if problem:
             raise ConfigError(f"each size value {problem}")
-    if config.resize is not None and config.resize not in RESIZES:
-        raise ConfigError(f"unknown resize '{config.resize}'; valid: {', '.join(RESIZES)}")
-    if config.backend not in BACKEND_NAMES:
-        raise ConfigError(f"unknown backend '{config.backend}'; valid: {', '.join(BACKEND_NAMES)}")
     if config.providers is not None:
         provider_specs(config.providers)
         if config.device != "auto":

@@ -696,3 +696,11 @@ def test_a_closed_pipe_ends_quietly(inputs: Path) -> None:
     stderr = proc.stderr.read()
     proc.wait(timeout=60)
     assert stderr == "", stderr
+
+
+def test_a_declared_setting_is_an_option_checked_in_one_line(tmp_path):
+    """--backend comes from its declaration alone (onnxcam.config.ExplainerConfig)."""
+    model = build_tiny(tmp_path / "m.onnx", tiny_weights())
+    result = CliRunner().invoke(cli, ["explain", str(model), "x.png", "--backend", "tensorrt"])
+    assert result.exit_code == 2 and "Invalid value for '--backend': 'tensorrt'" in result.output
+    assert "--backend [ort]" in CliRunner().invoke(cli, ["explain", "--help"]).output

@@ -324,3 +324,26 @@ def test_explain_many_isolates_an_image_whose_scores_fail(tiny, image):
     out = [r for _, r in explainer.explain_many([image, flipped, image], target=picky, group=3)]
     assert [type(r).__name__ for r in out] == ["Result", "TargetError", "Result"]
     assert "NaN" in str(out[1])
+
+
+def test_the_explainer_takes_every_declared_setting_with_its_default():
+    """The Explainer's typed keywords are ExplainerConfig's fields (the one declaration of
+    every setting), with the same defaults, plus ``compat``; the command line's options are
+    the declared fields that have a flag."""
+    import inspect
+    from dataclasses import MISSING, fields
+
+    from onnxcam.cli.common import SETTINGS
+    from onnxcam.config import ExplainerConfig
+
+    params = inspect.signature(Explainer.__init__).parameters
+    declared = {f.name: f.default for f in fields(ExplainerConfig)}
+    assert set(params) - {"self"} == set(declared) | {"compat"}
+    for name, default in declared.items():
+        if default is MISSING:
+            assert params[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            continue
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params[name].default == default, name
+    flagged = [f.name for f in fields(ExplainerConfig) if f.metadata.get("flag")]
+    assert [s.name for s in SETTINGS] == flagged and "threads" in flagged

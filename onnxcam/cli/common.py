@@ -5,22 +5,25 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import Field, asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .. import preprocess
-from ..config import LIMITS, MAX_THREADS, Bounds, method_flags, method_options, model_sha256
+from ..config import (
+    LIMITS,
+    Bounds,
+    method_flags,
+    method_options,
+    model_sha256,
+    settings_with_flags,
+)
 from ..errors import OnnxCamError
 from ..explain import Explainer
-from ..geometry import RESIZES
 from ..methods import METHODS
-from ..methods.scorecam import BASELINES
 from ..outdir import NAMING, is_output_folder, recorded_files
 from ..result import version
-from ..runtime import DEVICES
 from ..targets import TargetSpec, load_target_file, parse_target
 from ..text import escape as safe
 
@@ -125,10 +128,6 @@ def collect_images(paths: Iterable[Path], *, exclude: Path | None = None) -> lis
     return found
 
 
-size_option = click.option(
-    "--size", callback=_size, help="Input size HxW (224 or 224x320) when the model's is dynamic."
-)
-
 TARGET_HELP = (
     "What to explain (repeatable): a class number, or KIND[:VALUE][:key=value...] with KIND "
     "class, top, detection, segmentation, embedding or index, e.g. top:5, "
@@ -149,57 +148,49 @@ def _method_flag(flag: Any) -> Any:
 #: methods' options: a new setting needs no change here.
 METHOD_FLAGS = [_method_flag(flag) for flag in method_flags()]
 
-# Options shared by every command that builds an Explainer, in the order --help shows them.
+_READERS = {"floats": _floats, "size": _size, "names": _names}
+
+
+def setting_option(setting: Field[Any]) -> Any:
+    """The click option of one :class:`~onnxcam.config.ExplainerConfig` field, made from its
+    declaration (:func:`onnxcam.config.setting`): flag, help, valid values, default."""
+    meta = setting.metadata
+    kwargs: dict[str, Any] = {"help": meta["help"]}
+    if meta["metavar"]:
+        kwargs["metavar"] = meta["metavar"]
+    kind = meta["cli"]
+    if kind == "flag":
+        kwargs["is_flag"] = True
+    elif kind == "switch":
+        kwargs["default"] = None
+    elif kind in _READERS:
+        kwargs["callback"] = _READERS[kind]
+    elif kind == "path":
+        kwargs["type"] = click.Path(path_type=Path)
+    elif meta["choices"] is not None:
+        kwargs["type"] = click.Choice(list(meta["choices"]))
+    elif meta["bounds"] is not None:
+        kwargs["type"] = InRange(meta["bounds"])
+    if kind not in ("flag", "switch") and setting.default is not None:
+        kwargs.update(default=setting.default, show_default=True)
+    return click.option(meta["flag"], setting.name, **kwargs)
+
+
+SETTINGS = settings_with_flags()
+size_option = setting_option(next(f for f in SETTINGS if f.name == "size"))
+
+# Options shared by every command that builds an Explainer, in the order --help shows them:
+# what to explain, how to run the model (one option per declared setting), the method's.
 _EXPLAINER_OPTIONS = [
-    click.option("--node", default="auto", show_default=True,
-                 help="Node name, tensor name, or auto."),
-    click.option("--preset", type=click.Choice(sorted(preprocess.PRESETS)),
-                 help="Input normalisation (default: the model's metadata, else imagenet)."),
-    click.option("--mean", callback=_floats, help="Per-channel mean, e.g. 0.485,0.456,0.406."),
-    click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
-    click.option("--scale", type=InRange(LIMITS["scale"]),
-                 help="Pixel (0..255) multiplier applied before mean/std."),
-    click.option("--bgr/--rgb", default=None, help="Colour order the model expects."),
-    size_option,
-    click.option("--layout", type=click.Choice(["NCHW", "NHWC"]),
-                 help="Override layout detection."),
-    click.option("--resize", type=click.Choice(RESIZES),
-                 help="Fit images by stretching or letterboxing (default: letterbox for "
-                      "YOLO-family detectors, else stretch)."),
     click.option("--target", "target_specs", multiple=True, metavar="SPEC", help=TARGET_HELP),
     click.option("--target-file", type=click.Path(path_type=Path),
                  help="Targets as JSON: an object or a list of objects with 'kind' and keys."),
-    click.option("--baseline", type=click.Choice(BASELINES), default="none", show_default=True,
-                 help="Score subtracted from each masked score (scorecam, sscam, iscam)."),
+    *(setting_option(setting) for setting in SETTINGS),
     click.option("--compat", type=click.Choice(COMPATS), default="official",
                  show_default=True,
                  help="Reproduce another implementation's method: grad-cam (scorecam, "
                       "ablation, eigencam), torchcam (scorecam, sscam, iscam, cam)."),
     *METHOD_FLAGS,
-    click.option("--budget", "budget_s", type=InRange(LIMITS["budget_s"]),
-                 metavar="SECONDS",
-                 help="Anytime Score-CAM: run the most promising masks first and stop after "
-                      "this many seconds per image (the record estimates the fidelity)."),
-    click.option("--time-limit", "time_limit_s", type=InRange(LIMITS["time_limit_s"]),
-                 metavar="SECONDS",
-                 help="Stop an image whose passes take longer (a model that never finishes). "
-                      "ONNX Runtime stops between operators: one operator that runs longer "
-                      "(e.g. a huge convolution) finishes first."),
-    click.option("--batch-size", type=InRange(LIMITS["batch_size"]),
-                 help="Masked passes per run."),
-    click.option("--threads", type=InRange(LIMITS["threads"]),
-                 help=f"CPU threads for ONNX Runtime (at most 4 per CPU: {MAX_THREADS} here)."),
-    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-    click.option("--providers", callback=_names, metavar="EP[,EP...]",
-                 help="ONNX Runtime execution providers in order, instead of --device, e.g. "
-                      "TensorrtExecutionProvider,CUDAExecutionProvider; the first must serve."),
-    click.option("--fp16", is_flag=True,
-                 help="Run the model in float16 (for CUDA; needs onnxcam[fp16])."),
-    click.option("--labels", "labels_file", type=click.Path(path_type=Path),
-                 help="Class names: one per line, or JSON."),
-    click.option("--max-pixels", type=InRange(LIMITS["max_pixels"]),
-                 default=preprocess.DEFAULT_MAX_PIXELS, show_default=True,
-                 help="Refuse images larger than this many pixels."),
 ]  # fmt: skip
 
 
@@ -258,31 +249,9 @@ def open_explainer(
         baseline = "none"
     if not strict and not METHODS[method].takes_budget:
         budget_s = None
-    explainer = Explainer(
-        model,
-        node=options["node"],
-        preset=options["preset"],
-        mean=options["mean"],
-        std=options["std"],
-        scale=options["scale"],
-        bgr=options["bgr"],
-        size=options["size"],
-        layout=options["layout"],
-        resize=options["resize"],
-        baseline=baseline,
-        method=method,
-        options=settings,
-        batch_size=options["batch_size"],
-        threads=options["threads"],
-        device=options["device"],
-        providers=options["providers"],
-        budget_s=budget_s,
-        time_limit_s=options["time_limit_s"],
-        fp16=options["fp16"],
-        labels=options["labels_file"],
-        max_pixels=options["max_pixels"],
-        split_head=split_head,
-    )
+    given = {setting.name: options[setting.name] for setting in SETTINGS}
+    given.update(baseline=baseline, budget_s=budget_s)
+    explainer = Explainer(model, method=method, options=settings, split_head=split_head, **given)
     for note in explainer.notes:
         echo(f"note: {note}", err=True)
     return explainer
