@@ -178,6 +178,8 @@ def evaluate(
     for the formulas. With several targets, the first one is evaluated. Method flags
     (--samples, --groups, ...) and --compat go to the methods that take them.
     """
+    if quantus_file is not None and not quantus_file.name:  # checked before any pass runs
+        raise click.BadParameter("needs a file name, e.g. maps.npz", param_hint="--quantus")
     chosen = _methods(methods)
     targets = target_specs(options)
     files = image_files(images)
