@@ -11,10 +11,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import resnet_shaped
-from conftest import REAL_MODEL, ROOT, build_tiny, save_graph, tiny_weights
+from click.testing import CliRunner, Result
+from conftest import REAL_MODEL, ROOT, build_tiny, save_graph, tiny_weights, write_png
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcam import Explainer, export
+from onnxcam.cli import cli
 from onnxcam.errors import ConfigError, ModelError
 from onnxcam.export import expose, metadata
 from onnxcam.export.eigencam import SQUARINGS
@@ -319,3 +321,93 @@ def _as_input(acts: np.ndarray) -> np.ndarray:
     """The (1, 1, 8h, 8w) input whose SpaceToDepth is ``acts`` (64, h, w)."""
     _, h, w = acts.shape
     return acts.reshape(8, 8, h, w).transpose(2, 0, 3, 1).reshape(1, 1, 8 * h, 8 * w)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> list[Path]:
+    return [write_png(tmp_path / f"img{i}.png", seed=i, side=40 + 10 * i) for i in range(2)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_writes_and_verifies(tmp_path: Path, images: list[Path], method: str) -> None:
+    out = tmp_path / "out.onnx"
+    args = ["export", SHAPES, *images, "-o", out, "--method", method, "--resize", "input"]
+    result = invoke(*args, "--verify")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith(f"{out}: saliency (batch, 1, 96, 96)")
+    assert "max abs difference" in lines[-1]
+    assert float(lines[-1].split("difference ")[1].split(",")[0]) <= 1e-5
+    written = onnx.load(str(out))
+    assert metadata(written)["method"] == method
+    again = invoke("export", SHAPES, "-o", out, "--method", method)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert invoke("export", SHAPES, "-o", out, "--method", method, "--overwrite").exit_code == 0
+
+
+def test_cli_repeated_classes_and_feature_resolution(tmp_path: Path, images: list[Path]) -> None:
+    out = tmp_path / "out.onnx"
+    result = invoke("export", SHAPES, images[0], "-o", out, "--target", "class=1",
+                    "--target", "class=3", "--verify")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "saliency (batch, 2, 24, 24)" in result.output and "saliency_class" not in result.output
+    assert metadata(onnx.load(str(out)))["classes"] == "[1, 3]"
+
+
+def test_cli_expose(tmp_path: Path) -> None:
+    out = tmp_path / "exposed.onnx"
+    result = invoke("export", SHAPES, "-o", out, "--expose")
+    assert result.exit_code == 0, result.output
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [
+        "logits",
+        "/features/relu4/Relu_output_0",
+    ]
+    refused = invoke("export", SHAPES, "-o", tmp_path / "b.onnx", "--expose", "--method", "cam")
+    assert refused.exit_code != 0 and "takes no --method" in refused.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "top:0"], "whole number"),
+        (["--target", "best"], "unknown target"),
+        (["--target", "top:2", "--target", "class=1"], "only class=N targets can be repeated"),
+        (["--node", "nope"], "no node or tensor named 'nope'"),
+        (["--verify"], "--verify needs one or more images"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = invoke("export", SHAPES, "-o", tmp_path / "o.onnx", *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_refuses_a_detector_for_cam(tmp_path: Path) -> None:
+    det = ROOT / "models" / "shapes_det_yolov8.onnx"
+    result = invoke("export", det, "-o", tmp_path / "d.onnx")
+    assert result.exit_code == 1 and "needs a class output" in result.output
+    assert invoke("export", det, "-o", tmp_path / "d.onnx", "--method", "eigencam").exit_code == 0
+
+
+def test_cli_keeps_external_data_next_to_the_output(tmp_path: Path, resnet: Path) -> None:
+    source = tmp_path / "src" / "model.onnx"
+    source.parent.mkdir()
+    onnx.save(onnx.load(str(resnet)), str(source), save_as_external_data=True,
+              location="model.weights", size_threshold=1024)  # fmt: skip
+    out = tmp_path / "out" / "exported.onnx"
+    out.parent.mkdir()
+    result = invoke("export", source, "-o", out, "--method", "recipro")
+    assert result.exit_code == 0, result.output
+    assert (out.parent / "exported.onnx.data").stat().st_size > 100_000
+    assert out.stat().st_size < 100_000
+    x = np.random.default_rng(0).normal(size=(2, 3, 112, 112)).astype(np.float32)
+    np.testing.assert_allclose(run(out, x)["logits"], run(resnet, x)["logits"], atol=1e-6)

@@ -20,8 +20,9 @@ PREFIX = "onnxcam_export/"
 
 #: How cell scores ``S`` (B, T, h, w) become the map, as each method defines it:
 #: ``peak`` ``ReLU(Up(S)) / max`` (CAM, Eigen-CAM), ``minmax_first`` ``Up(minmax(S))``
-#: (Recipro-CAM), ``minmax_last`` ``minmax(Up(S))`` (the activation map).
-FINISHES = ("peak", "minmax_first", "minmax_last")
+#: (Recipro-CAM), ``minmax_last`` ``minmax(Up(S))`` (the activation map), ``scaled``
+#: ``Up(S)`` (S already in [0, 1]).
+FINISHES = ("peak", "minmax_first", "minmax_last", "scaled")
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -115,14 +116,14 @@ class Builder:
 
     # ---------------------------------------------------------------- the shared steps
 
-    def minmax(self, x: str) -> str:
-        """``(x - min) / (max - min)`` per (h, w) map (the last two axes); a constant map
-        becomes zeros (:func:`onnxcam.ops.minmax`)."""
+    def minmax(self, x: str, dtype: Any = np.float32) -> str:
+        """``(x - min) / (max - min)`` per (h, w) map (the last two axes) of ``dtype``; a
+        constant map becomes zeros (:func:`onnxcam.ops.minmax`)."""
         lo = self.reduce("ReduceMin", x, [-2, -1])
         span = self.op("Sub", [self.reduce("ReduceMax", x, [-2, -1]), lo])
-        zero = self.const(0.0, "zero")
+        zero = self.const(0.0, "zero", dtype)
         some = self.op("Greater", [span, zero])
-        safe = self.op("Where", [some, span, self.const(1.0, "one")])
+        safe = self.op("Where", [some, span, self.const(1.0, "one", dtype)])
         scaled = self.op("Div", [self.op("Sub", [x, lo]), safe])
         return self.op("Where", [some, scaled, zero])
 
@@ -154,6 +155,8 @@ class Builder:
             return self.peak(up(cells))
         if rule == "minmax_first":
             return up(self.minmax(cells))
+        if rule == "scaled":
+            return up(cells)
         return self.minmax(up(cells))
 
 

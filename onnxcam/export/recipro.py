@@ -3,6 +3,10 @@
     s(i, j) = f(head(A ⊙ 1_ij))                          # f: the target's probability
     L = Up(minmax(s))
 
+The probabilities and their min-max are computed in float64 (h·w·N values per image), as
+onnxcam computes them: in float32 the maps differed by up to 9e-6 on the shapes model, in
+float64 by 1e-7. ONNX Runtime (CPU, CUDA) runs it; a runtime without DOUBLE (TensorRT) does not.
+
 The feature map of each image is repeated h·w times, each copy keeping one cell (a one-hot
 spatial mask), and a copy of the head after the node runs on that batch of B·h·w inside the
 same graph; whatever else the head reads from before the node (a skip connection) is
@@ -57,14 +61,18 @@ def build(site: Site) -> Cells:
             feeds[feed] = b.op("Cast", [value], to=want)
     scores = _copy_head(site, model, feeds)[output.name]
     scores = b.reshape(scores, [-1, cells, output.classes])
+    # float64 from the logits to the min-max, as onnxcam scores: a probability's changes
+    # across cells can be near float32's resolution, which min-max then magnifies
+    scores = b.op("Cast", [scores], to=onnx.TensorProto.DOUBLE)
     if output.activation is None:  # the probability, as onnxcam's class targets score it
         if output.classes == 1:
             scores = b.op("Sigmoid", [scores])
         else:
             scores = b.op("Softmax", [scores], axis=2)
     scores = b.op("Transpose", [scores], perm=[0, 2, 1])  # (B, N, hw)
-    picked = classes.pick(b, scores, cells)
-    return Cells(site.as_maps(picked, classes.count), "minmax_first")
+    picked = site.as_maps(classes.pick(b, scores, cells), classes.count)
+    scaled = b.op("Cast", [b.minmax(picked, np.float64)], to=onnx.TensorProto.FLOAT)
+    return Cells(scaled, "scaled")
 
 
 def _source(head: graph.Head, feed: str) -> str:
