@@ -15,6 +15,7 @@ from .errors import (
     TimeLimitError,
 )
 from .explain import Explainer, Forward
+from .export import export
 from .methods import COMPAT, METHODS, ScoreCamOptions
 from .result import SCHEMA_VERSION, Result, TargetResult, version
 from .targets import KINDS, parse_target
@@ -44,5 +45,6 @@ __all__ = [
     "TargetResult",
     "TimeLimitError",
     "__version__",
+    "export",
     "parse_target",
 ]

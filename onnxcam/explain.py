@@ -285,11 +285,16 @@ class Explainer:
         return jobs.clean_view(fwd, self.norm)
 
     def method_maps(
-        self, fwd: Forward, targets: Sequence[Target], *, method: Method | None = None
-    ) -> list[TargetMap]:
+        self, fwd: Forward, targets: Sequence[Target], *, method: Method | None = None,
+        at: str = "input",
+    ) -> list[TargetMap]:  # fmt: skip
         """``method``'s map of each bound target (see :meth:`bind`; default method: the
-        explainer's), at the model's input resolution, its passes run through the runner."""
-        bound = jobs.planned(fwd, targets, method or self.method, self.norm)
+        explainer's), its passes run through the runner; at the model's input resolution,
+        or with ``at="feature"`` at the feature map's: the map before upsampling (what
+        ``onnxcam export`` writes without ``resize``)."""
+        if at not in ("input", "feature"):
+            raise ConfigError(f"at must be 'input' or 'feature', not '{at}'")
+        bound = jobs.planned(fwd, targets, method or self.method, self.norm, at=at)
         outcome = self.runner.run([self._job(bound)])[0]
         if isinstance(outcome, OnnxCamError):
             raise outcome

@@ -74,15 +74,24 @@ def bind_targets(
     return [bound for spec in specs for bound in spec.bind(ctx, fwd.outputs)]
 
 
-def clean_view(fwd: Forward, norm: Normalization) -> Clean:
-    """The image as a method sees it."""
-    return Clean(fwd.x, fwd.rgb, fwd.acts, fwd.spec, norm, groups=fwd.groups, features=fwd.features)
+def clean_view(fwd: Forward, norm: Normalization, *, at: str = "input") -> Clean:
+    """The image as a method sees it; its maps at the input's resolution, or with ``at``
+    ``"feature"`` at the feature map's (before upsampling)."""
+    size = fwd.acts.shape[1:] if at == "feature" else None
+    return Clean(
+        fwd.x, fwd.rgb, fwd.acts, fwd.spec, norm, groups=fwd.groups, features=fwd.features,
+        map_size=None if size is None else (int(size[0]), int(size[1])),
+    )  # fmt: skip
 
 
-def planned(fwd: Forward, targets: Sequence[Target], method: Method, norm: Normalization) -> Bound:
-    """The targets' clean scores and ``method``'s plan for the image."""
+def planned(
+    fwd: Forward, targets: Sequence[Target], method: Method, norm: Normalization, *,
+    at: str = "input",
+) -> Bound:  # fmt: skip
+    """The targets' clean scores and ``method``'s plan for the image (maps at ``at``, see
+    :func:`clean_view`)."""
     clean_scores = [float(checked_scores(t, fwd.outputs, 1)[0]) for t in targets]
-    clean = clean_view(fwd, norm)
+    clean = clean_view(fwd, norm, at=at)
     return Bound(fwd, clean, list(targets), clean_scores, method.plan(clean), method)
 
 

@@ -12,6 +12,7 @@ from ..result import version
 from .common import safe
 from .evaluate import evaluate
 from .explain import explain
+from .export import export_command
 from .nodes import nodes
 from .report import report
 
@@ -79,6 +80,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 cli.add_command(nodes)
 cli.add_command(explain)
 cli.add_command(evaluate)
+cli.add_command(export_command)
 cli.add_command(report)
 
 

@@ -61,6 +61,8 @@ class Clean:
             per node and fuses them (:func:`fuse_nodes`).
         features: each node's own activations, (K_i, h_i, w_i) float32, in node order (what
             a head plan perturbs); ``(acts,)`` when not given.
+        map_size: the resolution of the maps when not the input's: ``acts``' grid (h, w)
+            gives each method's map before upsampling (what ``onnxcam export`` writes).
     """
 
     x: np.ndarray
@@ -70,6 +72,7 @@ class Clean:
     norm: Normalization
     groups: tuple[int, ...] = ()
     features: tuple[np.ndarray, ...] = ()
+    map_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -77,8 +80,8 @@ class Clean:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(H, W) of the model input: the resolution of every map."""
-        return (self.spec.height, self.spec.width)
+        """(H, W) of every map: the model input's, unless ``map_size`` says otherwise."""
+        return self.map_size or (self.spec.height, self.spec.width)
 
 
 def fuse_nodes(clean: Clean, one: Callable[[slice], np.ndarray]) -> np.ndarray:
