@@ -15,7 +15,7 @@ from .errors import (
     TimeLimitError,
 )
 from .explain import Explainer, Forward
-from .export import export
+from .ingraph import export
 from .methods import COMPAT, METHODS, ScoreCamOptions
 from .result import SCHEMA_VERSION, Result, TargetResult, version
 from .targets import KINDS, parse_target

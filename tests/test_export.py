@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcam import Explainer, export
 from onnxcam.cli import cli
 from onnxcam.errors import ConfigError, ModelError
-from onnxcam.export import expose, metadata
-from onnxcam.export.eigencam import SQUARINGS
+from onnxcam.ingraph import expose, metadata
+from onnxcam.ingraph.eigencam import SQUARINGS
 from onnxcam.methods.eigencam import principal_projection
 
 SHAPES = ROOT / "models" / "shapes_cnn.onnx"

@@ -12,7 +12,7 @@ from onnx import external_data_helper, numpy_helper
 
 from ..errors import ConfigError, ModelError, OutputError
 from ..explain import Explainer
-from ..export import EXPORT_METHODS, RESIZES, export, expose, parse_target
+from ..ingraph import EXPORT_METHODS, RESIZES, export, expose, parse_target
 from ..render.files import write_atomic
 from .common import echo, size_option
 

@@ -52,7 +52,7 @@ def build(site: Site) -> Cells:
     tensor = node.tensor
     expanded = b.op("Mul", [b.unsqueeze(tensor, [1]), b.const(masks, "recipro_masks")])
     feeds[head.feeds[tensor]] = _merged(site, expanded, len(masks.shape) - 1)
-    for name in head.clean:
+    for name in head.side:
         feeds[head.feeds[name]] = _repeated(site, name, cells)
     for feed, value in list(feeds.items()):
         want = inputs[feed].type.tensor_type.elem_type

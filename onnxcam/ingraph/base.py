@@ -65,7 +65,7 @@ class Site:
 @dataclass(frozen=True)
 class Cells:
     """A method's scores per cell, (B, T, h, w), and how they become the map
-    (:data:`~onnxcam.export.builder.FINISHES`)."""
+    (:data:`~onnxcam.ingraph.builder.FINISHES`)."""
 
     name: str
     finish: str
