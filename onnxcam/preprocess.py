@@ -6,7 +6,7 @@ in RGB order unless ``bgr`` is set (then ``mean``/``std`` are given in BGR order
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -69,9 +69,6 @@ class InputSpec:
     width: int
     channels: int
     dtype: np.dtype
-
-    def with_layout(self, layout: str) -> InputSpec:
-        return replace(self, layout=layout)
 
     def shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         """The input's shape for ``batch`` images, in its layout."""
