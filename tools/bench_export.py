@@ -4,7 +4,7 @@ EfficientNet-Lite0 and a ResNet-18-shaped model (224×224, random weights, built
 the same method run by ``onnxcam explain`` in-process (``Explainer.explain(tensor=...)`` per
 image, over the original's batch-1 inference).
 
-    python tools/bench_export.py [--runs 20] [--threads N]
+    python tools/bench_export.py [--runs 20] [--threads N] [--model M ...] [--method M ...]
 
 Prints a Markdown table (for BENCHMARKS.md). Nothing is downloaded.
 """
@@ -32,6 +32,7 @@ import resnet_shaped  # noqa: E402  (tests/, on the path above)
 from onnxcam import Explainer, export  # noqa: E402
 
 METHODS = ("cam", "activation", "recipro", "eigencam")
+MODELS = ("EfficientNet-Lite0", "ResNet-18-shaped")
 GOALS = {"cam": 1.1, "activation": 1.05, "recipro": 1.5}
 
 
@@ -67,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model", action="append", choices=MODELS, help="(default: both)")
+    parser.add_argument("--method", action="append", choices=METHODS, help="(default: all)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         resnet = Path(tmp) / "resnet18_shaped.onnx"
@@ -79,11 +82,13 @@ def main() -> None:
               "| goal | onnxcam explain ms/image | explain ÷ original |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")
         for label, path in models.items():
+            if args.model and label not in args.model:
+                continue
             original = session(path, args.threads)
             rng = np.random.default_rng(0)
             x8 = rng.uniform(-1, 1, (8, 3, 224, 224)).astype(np.float32)
             one = x8[:1]
-            for method in METHODS:
+            for method in args.method or METHODS:
                 exported = session(export(path, method=method), args.threads)
                 explainer = Explainer(path, method=method, threads=args.threads)
                 for b in (1, 8):
