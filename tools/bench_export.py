@@ -51,10 +51,17 @@ def medians_s(fns: list[Callable[[], object]], runs: int) -> list[float]:
     return [statistics.median(kept) for kept in times]
 
 
+#: Sessions taken in turns must not spin: ONNX Runtime's threads busy-wait after a run, and on
+#: a machine with few cores the next session's run would pay for it.
+NO_SPIN = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
 def session(model: onnx.ModelProto | Path, threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    for key, value in NO_SPIN.items():
+        options.add_session_config_entry(key, value)
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
@@ -90,7 +97,10 @@ def main() -> None:
             one = x8[:1]
             for method in args.method or METHODS:
                 exported = session(export(path, method=method), args.threads)
-                explainer = Explainer(path, method=method, threads=args.threads)
+                explainer = Explainer(
+                    path, method=method, threads=args.threads,
+                    session_options={"config_entries": NO_SPIN},
+                )  # fmt: skip
                 for b in (1, 8):
                     fns = [runner(original, x8[:b]), runner(exported, x8[:b])]
                     if b == 1:
