@@ -411,3 +411,26 @@ def test_cli_keeps_external_data_next_to_the_output(tmp_path: Path, resnet: Path
     assert out.stat().st_size < 100_000
     x = np.random.default_rng(0).normal(size=(2, 3, 112, 112)).astype(np.float32)
     np.testing.assert_allclose(run(out, x)["logits"], run(resnet, x)["logits"], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet", "shapes"])
+def test_recipro_gaussian_mosaic_equals_onnxcams(models: dict[str, Path], name: str) -> None:
+    """``kernel="gaussian"``: the 3×3 Gaussian mosaic in the graph is onnxcam's own
+    (``--kernel gaussian``), at the input's resolution and per image of a batch."""
+    from onnxcam.methods import ReciproOptions
+
+    path = models[name]
+    explainer = Explainer(path, method="recipro", options=ReciproOptions(kernel="gaussian"))
+    model = export(path, method="recipro", resize="input", kernel="gaussian")
+    assert metadata(model)["kernel"] == "gaussian"
+    x = inputs(explainer, 2, seed=5)
+    out = run(model, x)
+    onehot = run(export(path, method="recipro", resize="input"), x)
+    for i in range(len(x)):
+        result = explainer.explain(tensor=x[i : i + 1])
+        assert_same_map("recipro", out["saliency"][i, 0], result.targets[0].saliency_input)
+    assert float(np.abs(out["saliency"] - onehot["saliency"]).max()) > 1e-3
+    with pytest.raises(ConfigError, match="method 'cam' takes no kernel"):
+        export(path, method="cam", kernel="gaussian")
+    with pytest.raises(ConfigError, match="unknown kernel 'box'"):
+        export(path, method="recipro", kernel="box")

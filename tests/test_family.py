@@ -237,6 +237,29 @@ def test_recipro_matches_the_naive_cell_loop(tiny, weights, image):
     np.testing.assert_allclose(cam, up(minmax(grid)), atol=ATOL)
 
 
+def test_recipro_gaussian_keeps_each_cells_weighted_neighbourhood(tiny, weights, image):
+    """``--kernel gaussian``: each pass keeps the 3×3 neighbourhood of its cell weighted
+    [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16, cut at the border (not renormalised)."""
+    from onnxcam.methods.recipro import ReciproOptions
+
+    cam, c = explained(tiny, image, "recipro", options=ReciproOptions(kernel="gaussian"))
+    acts = weights.features(x_of(image))[0]
+    h, w = acts.shape[1:]
+    kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
+    grid = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            mask = np.zeros((h, w))
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    if 0 <= i + di < h and 0 <= j + dj < w:
+                        mask[i + di, j + dj] = kernel[di + 1, dj + 1]
+            grid[i, j] = softmax(head_logits(weights, acts * mask))[c]
+    np.testing.assert_allclose(cam, up(minmax(grid)), atol=ATOL)
+    onehot, _ = explained(tiny, image, "recipro")
+    assert np.abs(cam - onehot).max() > 1e-3  # a different mosaic, a different map
+
+
 def skip_model(path, w: TinyWeights, extra: np.ndarray):
     """The tiny CNN plus a branch from the image to the logits that skips the node:
     ``logits = fc(GAP(feat)) + GAP(input) @ extra``."""

@@ -13,6 +13,7 @@ from onnx import external_data_helper, numpy_helper
 from ..errors import ConfigError, ModelError, OutputError
 from ..explain import Explainer
 from ..ingraph import EXPORT_METHODS, RESIZES, export, expose, parse_target
+from ..methods.recipro import KERNELS, ReciproOptions
 from ..render.files import write_atomic
 from .common import echo, size_option
 
@@ -67,11 +68,18 @@ _EXTERNAL_MIN = 1024  # bytes: smaller tensors stay inside the .onnx file
     is_flag=True,
     help="Write the model with the feature maps as extra outputs and nothing else.",
 )
+@click.option(
+    "--kernel",
+    type=click.Choice(list(KERNELS)),
+    default="onehot",
+    show_default=True,
+    help="recipro: the mask of each cell, that cell alone or a 3×3 Gaussian around it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def export_command(
     model: Path, images: tuple[Path, ...], out: Path, method: str | None, node: str,
     targets: tuple[str, ...], size: tuple[int, int] | None, resize: str | None, verify: bool,
-    expose_only: bool, overwrite: bool,
+    expose_only: bool, kernel: str, overwrite: bool,
 ) -> None:  # fmt: skip
     """Write MODEL with a `saliency` output (B, T, h, w) in [0, 1] and, when the classes are
     chosen per image, `saliency_class` (B, T); every original output is unchanged.
@@ -98,13 +106,18 @@ def export_command(
         return
     method = method or "cam"
     target = _merged(targets)
-    written = export(model, method=method, node=node, target=target, size=size, resize=resize)
+    written = export(
+        model, method=method, node=node, target=target, size=size, resize=resize, kernel=kernel
+    )
     _write(written, out, external=_has_external_data(model))
     shapes = {o.name: _shape(o) for o in written.graph.output}
     chosen = f", saliency_class {shapes['saliency_class']}" if "saliency_class" in shapes else ""
     echo(f"{out}: saliency {shapes['saliency']}{chosen}")
     if verify:
-        _verify(model, written, images, method=method, node=node, target=target, size=size)
+        _verify(
+            model, written, images, method=method, node=node, target=target, size=size,
+            kernel=kernel,
+        )  # fmt: skip
 
 
 def _merged(targets: tuple[str, ...]) -> str:
@@ -126,11 +139,12 @@ def _merged(targets: tuple[str, ...]) -> str:
 
 def _verify(
     model: Path, written: onnx.ModelProto, images: tuple[Path, ...], *, method: str, node: str,
-    target: str, size: tuple[int, int] | None,
+    target: str, size: tuple[int, int] | None, kernel: str,
 ) -> None:  # fmt: skip
     import onnxruntime as ort
 
-    explainer = Explainer(model, method=method, node=node, size=size)
+    options = ReciproOptions(kernel=kernel) if method == "recipro" else None
+    explainer = Explainer(model, method=method, node=node, size=size, options=options)
     session = ort.InferenceSession(written.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
     rule, output = parse_target(target)

@@ -27,6 +27,7 @@ from .. import graph, modelinfo
 from ..errors import ConfigError, ModelError, NodeError
 from ..graph.index import _copy
 from ..layouts import NCHW
+from ..methods.recipro import KERNELS
 from ..preprocess import InputSpec
 from ..result import version
 from . import activation, cam, eigencam, recipro
@@ -71,6 +72,7 @@ def export(
     target: str = "top",
     size: tuple[int, int] | None = None,
     resize: str | None = None,
+    kernel: str = "onehot",
 ) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs ``method``'s saliency maps (see the module).
 
@@ -84,6 +86,8 @@ def export(
         size: (H, W) for a model whose input size is dynamic (the input is fixed to it).
         resize: ``"input"``: the maps upsampled to the input size in the graph (bilinear,
             half-pixel centres, as :func:`onnxcam.ops.upsample`); None: feature resolution.
+        kernel: Recipro-CAM's mask of each cell: ``onehot`` (that cell alone) or
+            ``gaussian`` (a 3×3 Gaussian around it), as ``onnxcam explain --kernel``.
 
     Raises:
         ConfigError: an unknown method, target or resize; a model or head the method
@@ -94,6 +98,10 @@ def export(
         raise ConfigError(f"unknown export method '{method}'; valid: {', '.join(EXPORT_METHODS)}")
     if resize is not None and resize not in RESIZES:
         raise ConfigError(f"unknown resize '{resize}'; valid: {', '.join(RESIZES)}")
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown kernel '{kernel}'; valid: {', '.join(KERNELS)}")
+    if kernel != "onehot" and method != "recipro":
+        raise ConfigError(f"method '{method}' takes no kernel (recipro does)")
     build, class_specific = EXPORT_METHODS[method]
     rule, output_name = parse_target(target)
     if not class_specific and (rule != "top" or output_name is not None):
@@ -124,7 +132,7 @@ def export(
     if index.elem_type(cand.tensor) != onnx.TensorProto.FLOAT:
         feature = b.op("Cast", [feature], to=onnx.TensorProto.FLOAT)
     classes = _classes(b, rule, output) if output is not None else None
-    site = Site(b, proto, index, cand, feature, (h, w), k, output, classes)
+    site = Site(b, proto, index, cand, feature, (h, w), k, output, classes, kernel)
     cells = build(site)
     assert cells.finish in FINISHES
     size_out = (spec.height, spec.width) if resize == "input" else None
@@ -157,6 +165,8 @@ def export(
         record["class_output"] = output.name
     if classes is not None and classes.fixed is not None:
         record["classes"] = json.dumps(list(classes.fixed))
+    if method == "recipro":
+        record["kernel"] = kernel
     if method == "eigencam":
         record["power_steps"] = f"{2**eigencam.SQUARINGS} ({eigencam.SQUARINGS} squarings)"
     _set_metadata(out, record)

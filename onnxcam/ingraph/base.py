@@ -36,6 +36,7 @@ class Site:
         channels: K.
         output: the class output (None for a model without one).
         classes: the targets (None for a class-agnostic method).
+        kernel: Recipro-CAM's mask of each cell, ``onehot`` or ``gaussian``.
     """
 
     b: Builder
@@ -47,6 +48,7 @@ class Site:
     channels: int
     output: ClassOutput | None
     classes: Classes | None
+    kernel: str = "onehot"  # Recipro-CAM's mask of each cell
 
     @property
     def cells(self) -> int:

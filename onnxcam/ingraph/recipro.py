@@ -22,6 +22,7 @@ import onnx
 
 from .. import graph
 from ..errors import ConfigError
+from ..methods.recipro import mosaic
 from .base import Cells, Site
 
 __all__ = ["build"]
@@ -45,7 +46,7 @@ def build(site: Site) -> Cells:
     h, w = site.grid
     cells = h * w
     # one mask per cell, (1, h·w, <the map's dims with one channel>) in the map's own layout
-    masks = np.eye(cells, dtype=np.float32).reshape(cells, 1, h, w)
+    masks = mosaic(h, w, np.arange(h), np.arange(w), site.kernel).reshape(cells, 1, h, w)
     masks = node.layout.from_chw(masks)[None]
     feeds: dict[str, str] = {}
     inputs = {v.name: v for v in model.graph.input}

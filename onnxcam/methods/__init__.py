@@ -12,7 +12,7 @@ from .cam import Cam, CamOptions
 from .eigencam import EigenCam, EigenCamOptions
 from .groupcam import GroupCam, GroupCamOptions
 from .iscam import IntegratedOptions, ISCam
-from .recipro import Recipro
+from .recipro import Recipro, ReciproOptions
 from .rise import Rise, RiseOptions
 from .scorecam import COMPAT, ScoreCam, ScoreCamOptions
 from .sscam import SmoothOptions, SSCam
@@ -30,6 +30,7 @@ __all__ = [
     "Method",
     "Options",
     "Plan",
+    "ReciproOptions",
     "RiseOptions",
     "ScoreCamOptions",
     "SmoothOptions",
