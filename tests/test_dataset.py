@@ -107,7 +107,9 @@ def test_an_image_that_kills_its_worker_is_quarantined_after_max_crashes(tmp_pat
     target = KillOn(next(iter(explainer.forward(poison).outputs.values()))[0])
     settings = WorkerSettings(out_dir=str(tmp_path / "out"), max_crashes=2, thumbnails=False)
     table = batch(paths)
-    context = multiprocessing.get_context("fork")
+    # forked from a clean server, not from this process: a fork of a process whose ONNX Runtime
+    # thread pools are running can inherit a lock held by one of them and hang
+    context = multiprocessing.get_context("forkserver")
     exits = []
     for _ in range(6):
         queue = context.Queue()
