@@ -135,3 +135,17 @@ def test_labels_target_and_boxes_files_that_never_end_are_refused_unread(tmp_pat
             load_target_file(path)
     with pytest.raises(ConfigError, match="embedded null byte"):
         load_labels("a\x00b")
+
+
+def test_a_model_path_the_file_system_refuses_is_one_line(tmp_path):
+    """A name too long for the file system (or a FIFO) as the model: one line naming it."""
+    from click.testing import CliRunner
+
+    from onnxcam.cli import cli
+
+    too_long = str(tmp_path / ("a" * 300 + ".onnx"))
+    for command in (["nodes", too_long], ["explain", too_long, "x.png"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: cannot read model file ")
+        assert "unexpected" not in result.output and len(result.output.splitlines()) == 1

@@ -3,6 +3,7 @@ wrong with it."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,15 @@ def load_model(source: str | Path | bytes) -> onnx.ModelProto:
             )
         return _checked(model, name)
     path = Path(source)
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}")
-    if not path.is_file():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelError(f"model file not found: {path}") from None
+    except OSError as exc:  # a name too long, a loop of links, no permission
+        raise ModelError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
         raise ModelError(f"model path is not a file: {path} (expected an .onnx file)")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise ModelError(f"model file is empty: {path} (expected an ONNX model)")
     # The checker reads the file itself, before the model is loaded: checking the loaded
     # proto would serialize it again, and either way would hold the weights a third time.
