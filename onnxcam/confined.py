@@ -330,6 +330,13 @@ class Confined:
     def files(self, under: str = "", *, links: bool = False) -> Iterator[PurePosixPath]:
         """Names of the regular files below ``under`` (the whole folder by default), and
         with ``links`` the links too, without entering linked folders."""
+        for name, mode in self.entries(under):
+            if links or stat.S_ISREG(mode):
+                yield name
+
+    def entries(self, under: str = "") -> Iterator[tuple[PurePosixPath, int]]:
+        """The regular files and links below ``under``, each with its own mode (a link's is
+        ``S_IFLNK``), in one walk that does not enter linked folders."""
         start = self.root / self.name(under) if under else self.root
         if start.is_symlink():
             return
@@ -340,7 +347,7 @@ class Confined:
                 path = here / name
                 with contextlib.suppress(OSError):
                     mode = path.lstat().st_mode
-                    if stat.S_ISREG(mode) or (links and stat.S_ISLNK(mode)):
+                    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
                         inside = self.relative(path)
                         if inside is not None:
-                            yield inside
+                            yield inside, mode

@@ -284,14 +284,18 @@ class OutputFolder:
                 f"({_difference(before.get('settings'), self.settings)}); use --overwrite to "
                 "replace them, or a fresh -o"
             )
-        for part in out.files():  # left by a run killed mid-write
-            if is_part_name(part.name):
-                out.unlink(part)
-        inputs = {p.resolve() for p in self.inputs}
         # What is here decides everything below, and is known from one walk of the folder:
         # the records (maybe millions, maybe hostile) are streamed past it, not held.
-        present = {name.as_posix() for name in out.files(links=True)}  # a user's link too
-        regular = {name.as_posix() for name in out.files()}
+        present: set[str] = set()  # a user's link too
+        regular: set[str] = set()
+        for entry, mode in out.entries():
+            if stat.S_ISREG(mode) and is_part_name(entry.name):  # left by a run killed mid-write
+                out.unlink(entry)
+                continue
+            present.add(entry.as_posix())
+            if stat.S_ISREG(mode):
+                regular.add(entry.as_posix())
+        inputs = {p.resolve() for p in self.inputs}
         ours: set[str] = set()
         for record in _records(out, self.skipped):
             names = files_of(record)
