@@ -42,6 +42,8 @@ class Forward:
         features: each explained node's activations, (K_i, h_i, w_i) float32.
         side: the clean values (batch of one) of the head's side inputs (the other tensors
             computed from the image that it reads).
+        raw: each explained node's map as the model gave it (batch of one, its own layout):
+            what perturbed maps do not hold (a transformer's prefix tokens) comes from it.
     """
 
     source: str | None
@@ -57,6 +59,7 @@ class Forward:
     groups: tuple[int, ...] = ()
     features: tuple[np.ndarray, ...] = ()
     side: Mapping[str, np.ndarray] = field(default_factory=dict)
+    raw: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class ActivationPass:
                     groups=tuple(m.shape[0] for m in maps) if len(maps) > 1 else (),
                     features=tuple(m.astype(np.float32, copy=False) for m in maps),
                     side={tensor: values[name] for tensor, name in side_outputs.items()},
+                    raw=tuple(values[name] for name in features),
                 )
             )
         return outcomes

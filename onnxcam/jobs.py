@@ -147,8 +147,8 @@ def head_feeds(fwd: Forward, inputs: Any, prepared: Prepared) -> Any:
         for block in inputs(chunk):
             n = len(block[0])
             feed = {}
-            for cand, maps in zip(cands, block, strict=True):
-                shaped = cand.layout.from_chw(maps)
+            for cand, maps, clean in zip(cands, block, fwd.raw, strict=True):
+                shaped = cand.layout.from_chw(maps, clean)
                 feed[head.feeds[cand.tensor]] = np.ascontiguousarray(shaped, np.float32)
             for name in head.side:
                 feed[head.feeds[name]] = np.repeat(fwd.side[name], n, axis=0)

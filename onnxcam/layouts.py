@@ -3,10 +3,11 @@
 A layout, not the code that reads a map, knows where the channels and the grid are. Every
 explained node (:class:`onnxcam.graph.Candidate`) carries one; methods see maps as
 ``(B, C, h, w)`` (:meth:`FeatureLayout.to_chw`), and perturbed maps go back into the model's own
-layout (:meth:`FeatureLayout.from_chw`). Today's layouts are the 4-D grids :data:`NCHW` and
-:data:`NHWC`; a token layout ``(B, prefix + h·w, D)`` (its grid and prefix tokens read from the
-graph), channels-last ``(B, H, W, C)`` under another name, or sequence-first ``(N, B, D)`` is
-one more :class:`FeatureLayout` subclass (its axes, and the two conversions).
+layout (:meth:`FeatureLayout.from_chw`). The layouts are the 4-D grids :data:`NCHW` and
+:data:`NHWC` (channels last: Keras, and Swin's blocks), and :class:`TokenLayout`: a
+transformer's ``(B, prefix + h·w, D)`` tokens, or ``(prefix + h·w, B, D)`` sequence first
+(OpenAI CLIP's export), whose grid and prefix tokens (class, distillation, register tokens)
+are read from the graph (:mod:`onnxcam.graph.places`), never guessed from a square root.
 
 The image input's layout is another thing: a plain string (:data:`INPUT_LAYOUTS`), as the
 record and ``--layout`` show it, whose axes :func:`input_axes` gives.
@@ -29,6 +30,7 @@ __all__ = [
     "NHWC",
     "FeatureLayout",
     "GridLayout",
+    "TokenLayout",
     "feature_layout",
     "input_axes",
 ]
@@ -65,8 +67,16 @@ class FeatureLayout(ABC):
         """Maps in this layout as ``(B, C, h, w)`` (a view where one is possible)."""
 
     @abstractmethod
-    def from_chw(self, maps: np.ndarray) -> np.ndarray:
-        """``(B, C, h, w)`` maps in this layout (a view where one is possible)."""
+    def from_chw(self, maps: np.ndarray, clean: np.ndarray | None = None) -> np.ndarray:
+        """``(B, C, h, w)`` maps in this layout (a view where one is possible).
+
+        ``clean`` is the map this layout describes for one image, as the model gave it: what
+        the maps do not hold (a transformer's prefix tokens) is taken from it.
+        """
+
+    def describe(self, shape: Sequence[Dim]) -> str:
+        """The layout in words, for ``onnxcam nodes`` and the record."""
+        return self.name
 
     def __str__(self) -> str:
         return self.name
@@ -109,8 +119,56 @@ class GridLayout(FeatureLayout):
     def to_chw(self, maps: np.ndarray) -> np.ndarray:
         return maps if self.order == (0, 1, 2, 3) else np.transpose(maps, self.order)
 
-    def from_chw(self, maps: np.ndarray) -> np.ndarray:
+    def from_chw(self, maps: np.ndarray, clean: np.ndarray | None = None) -> np.ndarray:
         return maps if self.order == (0, 1, 2, 3) else np.transpose(maps, self._back)
+
+
+class TokenLayout(FeatureLayout):
+    """A transformer's tokens: ``(B, prefix + h·w, D)``, or sequence first ``(prefix + h·w, B,
+    D)``; the grid's cells row by row after ``prefix`` tokens that are not cells (the class
+    token, DeiT's distillation token, DINOv2's registers).
+
+    Args:
+        grid: the cells' (h, w).
+        prefix: tokens before the cells.
+        sequence_first: the tokens' axis comes before the batch's.
+    """
+
+    rank = 3
+    channel_axis = 2
+
+    def __init__(self, grid: tuple[int, int], prefix: int = 0, *, sequence_first: bool = False):
+        self.name = "LNC" if sequence_first else "NLC"
+        self.hw = (int(grid[0]), int(grid[1]))
+        self.prefix = int(prefix)
+        self.sequence_first = sequence_first
+        self.spatial_axes = (0,) if sequence_first else (1,)
+
+    def grid(self, shape: Sequence[Dim]) -> tuple[Dim, Dim]:
+        return self.hw
+
+    def describe(self, shape: Sequence[Dim]) -> str:
+        h, w = self.hw
+        first = ", sequence first" if self.sequence_first else ""
+        return f"tokens {h}×{w}, {self.prefix} prefix{first}"
+
+    def to_chw(self, maps: np.ndarray) -> np.ndarray:
+        if self.sequence_first:
+            maps = maps.transpose(1, 0, 2)
+        (h, w), p = self.hw, self.prefix
+        cells = maps[:, p : p + h * w, :]
+        return cells.reshape(maps.shape[0], h, w, maps.shape[2]).transpose(0, 3, 1, 2)
+
+    def from_chw(self, maps: np.ndarray, clean: np.ndarray | None = None) -> np.ndarray:
+        n, c, h, w = maps.shape
+        cells = maps.transpose(0, 2, 3, 1).reshape(n, h * w, c)
+        if self.prefix:
+            if clean is None:
+                raise ValueError("a token map with prefix tokens needs the clean map to fill them")
+            first = clean.transpose(1, 0, 2) if self.sequence_first else clean
+            prefix = np.broadcast_to(first[:1, : self.prefix, :], (n, self.prefix, c))
+            cells = np.concatenate([prefix.astype(cells.dtype), cells], axis=1)
+        return cells.transpose(1, 0, 2) if self.sequence_first else cells
 
 
 #: Channels first, ``(B, C, h, w)``: what PyTorch and Paddle export.
@@ -118,7 +176,7 @@ NCHW: FeatureLayout = GridLayout("NCHW", (0, 1, 2, 3))
 #: Channels last, ``(B, h, w, C)``: what TensorFlow/Keras export.
 NHWC: FeatureLayout = GridLayout("NHWC", (0, 3, 1, 2))
 
-#: Every layout a feature map can have today, by name.
+#: The grid layouts, by name (a :class:`TokenLayout` is made for its grid and prefix).
 FEATURE_LAYOUTS: dict[str, FeatureLayout] = {layout.name: layout for layout in (NCHW, NHWC)}
 
 

@@ -15,6 +15,7 @@ from .config import PRESET_KEY, ExplainerConfig, normalization, preset_name, val
 from .detformats import YOLO_FORMATS
 from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
+from .layouts import TokenLayout
 from .methods import METHODS, Method
 from .preprocess import InputSpec, Normalization
 from .runner import Runnable, Stage
@@ -103,6 +104,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     resize = config.resize or ("letterbox" if yolo else "stretch")
     detection = kind.detection.outputs if kind.detection is not None else None
     candidates = graph.resolve_nodes(sized.model, config.node, sized, detection=detection)
+    model, candidates, index = _batch_first(model, candidates, index)
     outputs = tuple(
         OutputInfo(name, index.shape(name), modelinfo.output_activation(index, name))
         for name in index.outputs
@@ -111,6 +113,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     # serialized, and dropped before ONNX Runtime makes its own copy (the head copies its own).
     cuts = [cand.tensor for cand in candidates]
     split = config.split_head or METHODS[config.method].space in ("head", "linear")
+    side_outputs: list[tuple[str, str]] = []
     if config.fp16:
         exposed = graph.to_float16(model)
         head, head_note = _split(exposed, cuts, graph.GraphIndex(exposed), index.outputs, split)
@@ -123,9 +126,14 @@ def prepare(config: ExplainerConfig) -> Prepared:
         exposed = model
         head, head_note = _split(exposed, cuts, index, index.outputs, split)
         for name in [*cuts, *(head.side if head else ())]:
+            if head is not None and name in head.batch_first:
+                exposed, turned = graph.batch_first(exposed, name, copy=False, output=True)
+                side_outputs.append((name, turned))
+                continue
             exposed = graph.expose(exposed, name, index, copy=False)
+            if name not in cuts:
+                side_outputs.append((name, name))
         feature_outputs = cuts
-        side_outputs = [(name, name) for name in (head.side if head else ())]
     del model
     plain, freed, batch_dim = _serialized(exposed, index)
     del exposed
@@ -148,6 +156,29 @@ def prepare(config: ExplainerConfig) -> Prepared:
         default_batch, labels, tuple(notes), kind, resize, head, head_note, tuple(side_outputs),
         backend.provider(session),
     )  # fmt: skip
+
+
+def _batch_first(
+    model: onnx.ModelProto, candidates: tuple[graph.Candidate, ...], index: graph.GraphIndex
+) -> tuple[onnx.ModelProto, tuple[graph.Candidate, ...], graph.GraphIndex]:
+    """Sequence-first token maps replaced by batch-first copies of them
+    (:func:`graph.batch_first`): every pass batches along the first axis."""
+    if not any(_sequence_first(c) for c in candidates):
+        return model, candidates, index
+    made = []
+    for cand in candidates:
+        if _sequence_first(cand):
+            assert isinstance(cand.layout, TokenLayout)
+            model, tensor = graph.batch_first(model, cand.tensor, copy=False)
+            layout = TokenLayout(cand.layout.hw, cand.layout.prefix)
+            shape = (cand.shape[1], cand.shape[0], *cand.shape[2:])
+            cand = replace(cand, tensor=tensor, layout=layout, shape=shape)
+        made.append(cand)
+    return model, tuple(made), graph.GraphIndex(model)
+
+
+def _sequence_first(cand: graph.Candidate) -> bool:
+    return isinstance(cand.layout, TokenLayout) and cand.layout.sequence_first
 
 
 def _split(
@@ -197,7 +228,8 @@ def linear_stage(prepared: Prepared, method: str) -> Stage:
             f"method '{method}' needs global average pooling and a linear layer after node "
             f"'{_label(prepared)}': {prepared.head_note}"
         )
-    linear = graph.linear_head(prepared.head, layout=prepared.candidates[0].layout)
+    cand = prepared.candidates[0]
+    linear = graph.linear_head(prepared.head, layout=cand.layout, channels=cand.channels)
     if not linear.outputs:
         raise ConfigError(
             f"method '{method}' cannot read weights: {next(iter(linear.missing.values()))}"

@@ -64,8 +64,8 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
             "*" if c.tensor in picked else "",
             safe(c.node if c.node and owners[c.node] == 1 else c.tensor),
             safe(c.op_type),
-            safe(graph.fmt_shape(c.shape)),
-            c.layout.name,
+            safe(graph.fmt_shape(c.shape, c.layout)),
+            c.layout.describe(c.shape),
         )
         for c in candidates
     ]
@@ -75,6 +75,7 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
     for row in [header, *rows]:  # escaped above, so that the widths are those shown
         echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     echo("")
+    _echo_wrapped(f"backbone: {graph.backbone(index, candidates)}")
     if kind is not None and kind.kind in ("detector", "segmenter"):
         _echo_wrapped(f"model: a {kind.kind} ({kind.why})")
     elif choice is not None and choice.head:

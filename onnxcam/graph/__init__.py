@@ -26,6 +26,7 @@ from .index import _dims as _dims
 from .linear import LinearHead, LinearOutput, linear_head
 from .load import load_model
 from .rewrite import (
+    batch_first,
     drop_unused_inputs,
     expose,
     expose_float32,
@@ -33,6 +34,7 @@ from .rewrite import (
     to_float16,
     with_input_size,
 )
+from .tokens import backbone
 
 __all__ = [
     "AutoChoice",
@@ -44,6 +46,8 @@ __all__ = [
     "LinearOutput",
     "auto_candidate",
     "auto_choice",
+    "backbone",
+    "batch_first",
     "detector_choice",
     "drop_unused_inputs",
     "expose",

@@ -11,6 +11,7 @@ import onnx
 
 from ..errors import NodeError
 from .index import _ALIASES, Candidate, Dim, GraphIndex, fmt_shape, spatial_candidates
+from .tokens import attention_input, takes_prefix
 
 # Local pooling between the last conv block and the head; auto looks through it.
 _LOCAL_POOLS = {"MaxPool", "AveragePool", "LpPool"}
@@ -45,7 +46,9 @@ def _collapses_space(index: GraphIndex, node: onnx.NodeProto) -> bool:
         return shape is None or len(shape) <= 2
     if op.startswith("Reduce"):
         axes = index.reduce_axes(node)
-        return axes is not None and set(src.layout.spatial_axes) <= {a % 4 for a in axes}
+        return axes is not None and set(src.layout.spatial_axes) <= {
+            a % len(src.shape) for a in axes
+        }
     # Pooling whose window covers the whole map (old exports of global pooling).
     out = index.candidate(node.output[0])
     shape = index.shape(node.output[0])
@@ -145,8 +148,10 @@ def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
 
 def auto_choice(index: GraphIndex) -> AutoChoice:
     """The map the classifier head pools, stepping back through local pooling to the last
-    conv-block activation; without a head, the last spatial map upstream of the outputs that
-    still feeds a Conv, Gemm or MatMul (not a head's output map on its way out).
+    conv-block activation; for a head that takes a transformer's class token, the last
+    attention's input (:func:`.tokens.attention_input`); without a head, the last spatial map
+    upstream of the outputs that still feeds a Conv, Gemm or MatMul (not a head's output map
+    on its way out).
 
     The head starts at the last node upstream of an output that collapses a spatial map to
     a vector (global pooling, a spatial ReduceMean, Flatten or a 2-D Reshape). When that map
@@ -159,6 +164,9 @@ def auto_choice(index: GraphIndex) -> AutoChoice:
     upstream = set().union(*(index.ancestors(name) for name in index.outputs))
     for i in sorted(upstream, reverse=True):
         node = index.nodes[i]
+        taken = takes_prefix(index, node)
+        if taken is not None:
+            return _class_token_choice(index, node, taken)
         if not _collapses_space(index, node):
             continue
         tensor = node.input[0]
@@ -193,6 +201,20 @@ def auto_choice(index: GraphIndex) -> AutoChoice:
             "its image input; Score-CAM needs a convolutional feature map"
         )
     return AutoChoice(candidates[-1], "the last spatial map upstream of the outputs", None)
+
+
+def _class_token_choice(index: GraphIndex, node: onnx.NodeProto, taken: Candidate) -> AutoChoice:
+    """For a head that takes a transformer's class token: the last attention's input."""
+    head = f"{node.op_type} '{node.name or node.output[0]}'"
+    found = attention_input(index, taken)
+    if found is None:
+        return AutoChoice(taken, "the token map whose class token the head takes", head)
+    reason = (
+        "the last attention's input, after its normalisation: the class token reads the other "
+        f"tokens there for the last time ({head} takes only prefix tokens, so later maps' "
+        "patch tokens reach no output)"
+    )
+    return AutoChoice(found, reason, head)
 
 
 def auto_candidate(model: onnx.ModelProto, index: GraphIndex | None = None) -> Candidate:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import NodeError
+from ..layouts import TokenLayout
 from .index import GraphIndex
 
 _INTEGER_LIKE = {
@@ -16,6 +17,8 @@ _INTEGER_LIKE = {
     onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
 }  # fmt: skip
 _CLEAN_SUFFIX = "__onnxcam_clean"
+#: The name a sequence-first tensor takes batch first (a head input, an exposed output).
+BATCH_FIRST_SUFFIX = "__onnxcam_batch_first"
 _FLOAT32_SUFFIX = "__onnxcam_float32"
 
 
@@ -33,6 +36,9 @@ class Head:
         feeds: tensor of the full model -> the head input that takes it.
         nodes: how many nodes the head runs (``total`` in the whole model).
         total: the whole model's node count.
+        batch_first: the side inputs that are sequence first (``(L, B, D)``, as OpenAI
+            CLIP's blocks): the head takes them batch first and transposes them itself, so
+            every feed is batched along its first axis.
     """
 
     model: onnx.ModelProto
@@ -41,6 +47,7 @@ class Head:
     feeds: dict[str, str]
     nodes: int
     total: int
+    batch_first: tuple[str, ...] = ()
 
 
 def _outer_refs(graph: onnx.GraphProto) -> set[str]:
@@ -146,14 +153,22 @@ def split_head(
     graph.name = f"{model.graph.name or 'model'}_head"
     feeds: dict[str, str] = {}
     passed = [name for name in wanted if name not in reach and name in side]
+    turned = [name for name in side if name not in passed and _sequence_first(index, name)]
     for name in [*cuts, *side]:
         elem = index.elem_type(name) or onnx.TensorProto.FLOAT
         shape = index.shape(name)
+        if shape and name in turned:
+            shape = (shape[1], shape[0], *shape[2:])
         dims: list[int | str | None] | None = None
         if shape:  # the batch as it is (a number or a name), the rest where known
             dims = [shape[0] if shape[0] is not None else "batch"]
             dims += [d if isinstance(d, int) else None for d in shape[1:]]
         feed = name + _CLEAN_SUFFIX if name in passed else name
+        if name in turned:
+            feed = name + BATCH_FIRST_SUFFIX
+            graph.node.append(
+                onnx.helper.make_node("Transpose", [feed], [name], perm=[1, 0, 2], name=feed)
+            )
         if elem == onnx.TensorProto.FLOAT16:  # fed float32 like every exposed map
             graph.node.append(
                 onnx.helper.make_node(
@@ -183,4 +198,16 @@ def split_head(
             graph.output.append(
                 onnx.helper.make_tensor_value_info(name, index.elem_type(name) or 1, None)
             )
-    return Head(head, tuple(cuts), tuple(side), feeds, len(taken), len(nodes))
+    return Head(head, tuple(cuts), tuple(side), feeds, len(taken), len(nodes), tuple(turned))
+
+
+def _sequence_first(index: GraphIndex, name: str) -> bool:
+    """``name`` is ``(L, B, D)``: a sequence-first token map, or a tensor whose second axis
+    holds the image input's batch."""
+    layout = index.layout(name)
+    if isinstance(layout, TokenLayout):
+        return layout.sequence_first
+    shape, first = index.shape(name), index.shape(index.inputs[0]) if index.inputs else None
+    if not shape or not first or len(shape) != 3 or isinstance(first[0], int):
+        return False
+    return shape[1] == first[0] and shape[0] != first[0]

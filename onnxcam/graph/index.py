@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..layouts import NCHW, NHWC, FeatureLayout
+from ..layouts import NCHW, NHWC, FeatureLayout, TokenLayout
+from .places import Place, find_places
+from .shapes import with_sizes_folded
 
 Dim = int | str | None
 
@@ -28,11 +30,6 @@ _INPUT_PREP_OPS = {
 }  # fmt: skip
 # Ops that apply learnt weights: a map that reaches one is a feature map.
 _WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "QLinearConv"}
-# Ops that only move values around: a grid survives them only if its h, w do.
-_REARRANGING_OPS = {
-    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Gather", "GatherElements",
-    "Expand", "Tile", "SpaceToDepth", "DepthToSpace",
-}  # fmt: skip
 # Ops whose output is their input under another name.
 _ALIASES = {"Identity", "Dropout"}
 
@@ -213,7 +210,8 @@ class GraphIndex:
         self.outputs = [v.name for v in graph.output]
         self._from_image: set[str] | None = None
         self._input_copies: set[str] | None = None
-        self._grids: dict[str, tuple[Dim, Dim]] | None = None
+        self._places: dict[str, Place] | None = None
+        self._one: GraphIndex = self
 
     @property
     def from_image(self) -> set[str]:
@@ -227,40 +225,50 @@ class GraphIndex:
         return self._from_image
 
     @property
-    def grids(self) -> dict[str, tuple[Dim, Dim]]:
-        """The image grid (h, w) of every tensor that still lays features out on the image.
+    def places(self) -> dict[str, Place]:
+        """Where the image grid lies in every tensor that still lays features out on the
+        image (:func:`~onnxcam.graph.places.find_places`): a detection head's anchors reshaped
+        into ``(1, 4, 16, 8400)`` have none, however 4-D they look."""
+        if self._places is None:
+            self._one = self._one_image()
+            self._places = find_places(self._one)
+        return self._places
 
-        The input has one; an op that computes from a tensor with a grid (convolution,
-        pooling, resizing, an activation, a concatenation) gives its output its own h, w; an op
-        that only rearranges (Reshape, Transpose, Flatten, ...) keeps the grid only when h, w
-        survive it (a layout change, a channel shuffle). So a detection head's anchors
-        reshaped into ``(1, 4, 16, 8400)`` are not a map, however 4-D they look.
-        """
-        if self._grids is None:
-            grids: dict[str, tuple[Dim, Dim]] = {}
-            if self.inputs:
-                shape = self.shape(self.inputs[0])
-                if shape is not None and len(shape) == 4:
-                    nhwc = shape[3] in (1, 3) and shape[1] not in (1, 3)
-                    grids[self.inputs[0]] = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
-            for node in self.nodes:
-                sources = [grids[name] for name in node.input if name in grids]
-                if not sources:
-                    continue
-                for name in node.output:
-                    shape = self.shape(name) if name else None
-                    if not name or shape is None:
-                        if name:
-                            grids[name] = sources[0]
-                        continue
-                    if node.op_type in _REARRANGING_OPS:
-                        kept = _grid_in(shape, sources[0])
-                        if kept is not None:
-                            grids[name] = kept
-                    elif len(shape) == 4:
-                        grids[name] = self.layout(name).grid(shape)
-            self._grids = grids
-        return self._grids
+    def full_shape(self, tensor: str) -> tuple[Dim, ...] | None:
+        """The tensor's shape, with the sizes that only a batch of one lets shape inference
+        compute filled in (the batch axis as it is)."""
+        shape = self.shape(tensor)
+        if shape is None or all(isinstance(d, int) for d in shape) or not self.places:
+            return shape
+        one = self._one.shape(tensor) if self._one is not self else None
+        if one is None or len(one) != len(shape):
+            return shape
+        first = self.shape(self.inputs[0]) if self.inputs else None
+        batch = first[0] if first else None
+        keep = [i for i, d in enumerate(shape) if batch is not None and d == batch] or [0]
+        return tuple(d if isinstance(d, int) or i in keep else one[i] for i, d in enumerate(shape))
+
+    def _one_image(self) -> GraphIndex:
+        """This graph for a batch of one where its batch is symbolic, with the sizes that
+        shape inference can then compute (:func:`~onnxcam.graph.shapes.with_sizes_folded`:
+        a class token expanded to the batch, a pad computed from the shape)."""
+        first = self.shape(self.inputs[0]) if self.inputs else None
+        if not first:
+            return self
+        model = _copy(self.model)
+        value = next(v for v in model.graph.input if v.name == self.inputs[0])
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = 1
+        del model.graph.value_info[:]
+        one = GraphIndex(with_sizes_folded(model, _infer), weights=True)  # already stripped
+        one.stripped = self.stripped
+        return one
+
+    @property
+    def grids(self) -> dict[str, tuple[Dim, Dim]]:
+        """The image grid (h, w) of every tensor that has a :attr:`places` entry."""
+        return {name: place.grid for name, place in self.places.items()}
 
     @property
     def input_copies(self) -> set[str]:
@@ -314,24 +322,25 @@ class GraphIndex:
             stack.extend(name for name in self.nodes[i].input if name)
         return seen
 
-    def layout(self, tensor: str) -> FeatureLayout:
-        """Guess the axis order of a 4-D feature map from its neighbours."""
-        i = self.producer.get(tensor)
-        if (
-            i is not None
-            and self.nodes[i].op_type == "Transpose"
-            and (transpose_perm(self.nodes[i]) == [0, 2, 3, 1])
-        ):
-            return NHWC
-        for j in self.consumers.get(tensor, []):
-            node = self.nodes[j]
-            if node.op_type == "Transpose" and transpose_perm(node) == [0, 3, 1, 2]:
-                return NHWC
-            if node.op_type.startswith("Reduce"):
-                axes = self.reduce_axes(node)
-                if axes is not None and sorted(a % 4 for a in axes) == [1, 2]:
-                    return NHWC
-        return NCHW
+    def layout(self, tensor: str) -> FeatureLayout | None:
+        """The layout of a feature map, from where its grid lies (None: not one onnxcam
+        reads: a grid elsewhere than NCHW or NHWC, tokens not on the batch's side, a grid or
+        prefix of unknown size)."""
+        place = self.places.get(tensor)
+        shape = self.full_shape(tensor)
+        if place is None or shape is None:
+            return None
+        if not place.tokens:
+            if len(shape) != 4:
+                return None
+            grids: dict[tuple[int, ...], FeatureLayout] = {(2, 3): NCHW, (1, 2): NHWC}
+            return grids.get(place.axes)
+        (h, w), axis = place.grid, place.axes[0]
+        if len(shape) != 3 or axis not in (0, 1) or not (isinstance(h, int) and isinstance(w, int)):
+            return None
+        if isinstance(shape[axis], int) and shape[axis] != place.prefix + h * w:
+            return None
+        return TokenLayout((h, w), place.prefix, sequence_first=axis == 0)
 
     def reduce_axes(self, node: onnx.NodeProto) -> list[int] | None:
         for attr in node.attribute:
@@ -358,7 +367,7 @@ class GraphIndex:
         while stack:
             current = stack.pop()
             for j in self.consumers.get(current, []):
-                if self.nodes[j].op_type in _WEIGHTED_OPS and current in self.grids:
+                if self.nodes[j].op_type in _WEIGHTED_OPS and self.layout(current) is not None:
                     return True
                 for name in self.nodes[j].output:
                     if name and name not in seen:
@@ -382,41 +391,38 @@ class GraphIndex:
         return False
 
     def candidate(self, tensor: str) -> Candidate | None:
-        """The tensor as a Candidate when it is a 4-D float map with h, w > 1 computed from
-        the image (not a weight, a constant or a rearranged copy of the input), else None."""
+        """The tensor as a Candidate when it is a float feature map computed from the image
+        (not a weight, a constant or a rearranged copy of the input) in a layout onnxcam reads
+        (:meth:`layout`), with a grid of h, w > 1, and its batch where the layout has it."""
         i = self.producer.get(tensor)
         if i is None or tensor not in self.from_image or tensor in self.input_copies:
             return None
-        if tensor not in self.grids:
-            return None
         if tensor in self.outputs or self.nodes[i].op_type in _ALIASES:
             return None  # what is explained, or the same map under another name
-        shape = self.shape(tensor)
+        shape = self.full_shape(tensor)
         elem = self.elem_type(tensor)
-        if shape is None or len(shape) != 4 or (elem is not None and elem not in _FLOAT_TYPES):
+        if shape is None or (elem is not None and elem not in _FLOAT_TYPES):
             return None
         layout = self.layout(tensor)
+        if layout is None or not self._batch_at(shape, layout):
+            return None
         h, w = layout.grid(shape)
         if h == 1 or w == 1 or (isinstance(h, int) and isinstance(w, int) and h * w < 2):
             return None
         node = self.nodes[i]
         return Candidate(node.name, node.op_type, tensor, shape, layout, i)
 
-
-def _grid_in(shape: tuple[Dim, ...], grid: tuple[Dim, Dim]) -> tuple[Dim, Dim] | None:
-    """``grid`` when a rearranged tensor of ``shape`` still holds it as two adjacent axes
-    (last two, or 1 and 2 of a 4-D NHWC tensor); unknown sizes match anything."""
-
-    def same(a: Dim, b: Dim) -> bool:
-        return not isinstance(a, int) or not isinstance(b, int) or a == b
-
-    pairs = [shape[-2:]] if len(shape) >= 2 else []
-    if len(shape) == 4:
-        pairs.append(shape[1:3])
-    for h, w in pairs:
-        if same(h, grid[0]) and same(w, grid[1]):
-            return (h, w)
-    return None
+    def _batch_at(self, shape: tuple[Dim, ...], layout: FeatureLayout) -> bool:
+        """The map's batch axis (the one a token layout puts second when sequence first)
+        holds the input's batch: not windows of one image stacked as a batch."""
+        first = self.shape(self.inputs[0]) if self.inputs else None
+        if not first:
+            return True
+        axis = 1 if isinstance(layout, TokenLayout) and layout.sequence_first else 0
+        batch, here = first[0], shape[axis]
+        if isinstance(batch, int) and isinstance(here, int):
+            return batch == here
+        return not isinstance(here, int) or (not isinstance(batch, int) and here == 1)
 
 
 def transpose_perm(node: onnx.NodeProto) -> list[int] | None:
@@ -439,10 +445,15 @@ def spatial_candidates(model: onnx.ModelProto, index: GraphIndex | None = None) 
     return found
 
 
-def fmt_shape(shape: Iterable[Dim]) -> str:
+def fmt_shape(shape: Iterable[Dim], layout: FeatureLayout | None = None) -> str:
     """A shape for people: ints as they are, the batch as ``N``, anything unknown or symbolic
-    (exporters' names can be hundreds of characters long) as ``?``."""
-    parts = [
-        str(d) if isinstance(d, int) else ("N" if i == 0 else "?") for i, d in enumerate(shape)
-    ]
+    (exporters' names can be hundreds of characters long) as ``?``; a token map's tokens as
+    ``prefix+h×w`` (``(N, 1+14×14, 384)``)."""
+    dims = list(shape)
+    parts = [str(d) if isinstance(d, int) else ("N" if i == 0 else "?") for i, d in enumerate(dims)]
+    if isinstance(layout, TokenLayout) and len(dims) == 3:
+        (h, w), axis = layout.hw, layout.spatial_axes[0]
+        cells = f"{h}×{w}"
+        parts[axis] = f"{layout.prefix}+{cells}" if layout.prefix else cells
+        parts[1 - axis] = "N"
     return "(" + ", ".join(parts) + ")"

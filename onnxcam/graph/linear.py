@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from ..layouts import NCHW, FeatureLayout, feature_layout
 from ..ops import sigmoid, softmax
 from .head import Head
-from .index import GraphIndex, _dims
+from .index import Dim, GraphIndex, _dims
 
 _POOL_ALIASES = {"Identity", "Dropout", "Cast"}
 _VECTOR_OPS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
@@ -75,7 +75,9 @@ class _NotLinear(Exception):
     pass
 
 
-def linear_head(head: Head, *, layout: FeatureLayout | str = NCHW) -> LinearHead:
+def linear_head(
+    head: Head, *, layout: FeatureLayout | str = NCHW, channels: Dim = None
+) -> LinearHead:
     """Read the weights of every output that ``head`` computes as ``act(W · GAP(A) + b)`` from
     its one cut ``A``: global average pooling (GlobalAveragePool, or ReduceMean over the
     spatial axes of ``layout``), then Flatten/Reshape/Squeeze, then a Gemm or a MatMul (+ Add)
@@ -164,7 +166,9 @@ def linear_head(head: Head, *, layout: FeatureLayout | str = NCHW) -> LinearHead
         pooled = node.op_type == "GlobalAveragePool"
         if node.op_type == "ReduceMean":
             axes = index.reduce_axes(node)
-            pooled = axes is not None and {a % 4 for a in axes} == set(layout.spatial_axes)
+            pooled = axes is not None and {a % layout.rank for a in axes} == set(
+                layout.spatial_axes
+            )
         if not pooled:
             raise fail(f"{named(node)} is not a global average pooling")
         name = step(node, node.input[0])
@@ -172,7 +176,7 @@ def linear_head(head: Head, *, layout: FeatureLayout | str = NCHW) -> LinearHead
             name = step(node, node.input[0])
         if name != start:
             raise fail("the pooling does not read the node's map")
-        k = _channels(head, layout)
+        k = channels if isinstance(channels, int) else _channels(head, layout)
         if weight is None:
             weight = np.eye(k)
         if weight.shape[1] != k:
@@ -201,7 +205,7 @@ def _channels(head: Head, layout: FeatureLayout) -> int:
     value = next(v for v in head.model.graph.input if v.name == head.feeds[head.cuts[0]])
     dims = value.type.tensor_type.shape.dim
     position = layout.channel_axis
-    if len(dims) != 4 or not dims[position].HasField("dim_value"):
+    if len(dims) != layout.rank or not dims[position].HasField("dim_value"):
         raise ConfigError(f"the number of channels of '{head.cuts[0]}' is not known")
     return int(dims[position].dim_value)
 

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ConfigError, NodeError
+from .head import BATCH_FIRST_SUFFIX
 from .index import GraphIndex, _copy, _infer
 
 
@@ -38,6 +39,34 @@ def expose(
         dims = [None, *(d if isinstance(d, int) else None for d in shape[1:])]
     out.graph.output.append(onnx.helper.make_tensor_value_info(tensor, elem, dims))
     return out
+
+
+def batch_first(
+    model: onnx.ModelProto, tensor: str, *, copy: bool = True, output: bool = False
+) -> tuple[onnx.ModelProto, str]:
+    """A copy where a sequence-first ``(L, B, D)`` tensor's readers read it through a
+    batch-first ``(B, L, D)`` copy of it, and that copy's name: the copy can be exposed and
+    fed in batches along its first axis like any other map, and the head after it takes it.
+    With ``copy=False`` the model itself is changed (a proto the caller owns); with
+    ``output``, the copy is a graph output too (float, of rank 3)."""
+    out = _copy(model) if copy else model
+    graph = out.graph
+    first, back = tensor + BATCH_FIRST_SUFFIX, f"{tensor}__onnxcam_sequence_first"
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == tensor:
+                node.input[k] = back
+    at = next(i for i, n in enumerate(graph.node) if tensor in n.output) + 1
+    made = [
+        onnx.helper.make_node("Transpose", [tensor], [first], perm=[1, 0, 2], name=first),
+        onnx.helper.make_node("Transpose", [first], [back], perm=[1, 0, 2], name=back),
+    ]
+    for offset, node in enumerate(made):
+        graph.node.insert(at + offset, node)
+    if output:
+        dims = [None, None, None]
+        graph.output.append(onnx.helper.make_tensor_value_info(first, onnx.TensorProto.FLOAT, dims))
+    return out, first
 
 
 def expose_float32(model: onnx.ModelProto, tensor: str) -> tuple[onnx.ModelProto, str]:

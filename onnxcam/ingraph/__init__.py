@@ -26,7 +26,7 @@ import onnx
 from .. import graph, modelinfo
 from ..errors import ConfigError, ModelError, NodeError
 from ..graph.index import _copy
-from ..layouts import NCHW
+from ..layouts import NCHW, GridLayout, TokenLayout
 from ..methods.recipro import KERNELS
 from ..preprocess import InputSpec
 from ..result import version
@@ -126,9 +126,7 @@ def export(
     output = _class_output(index, output_name, method) if class_specific else None
     out = _copy(proto)
     b = Builder(out, opset_of(out))
-    feature = cand.tensor
-    if cand.layout != NCHW:
-        feature = b.op("Transpose", [feature], perm=list(cand.layout.order))  # type: ignore[attr-defined]
+    feature = _as_nchw(b, cand, method)
     if index.elem_type(cand.tensor) != onnx.TensorProto.FLOAT:
         feature = b.op("Cast", [feature], to=onnx.TensorProto.FLOAT)
     classes = _classes(b, rule, output) if output is not None else None
@@ -267,6 +265,33 @@ def _sized(
         proto = graph.with_input_size(proto, spec.name, spec.shape())
         index = graph.GraphIndex(proto)
     return proto, index, spec, converted
+
+
+def _as_nchw(b: Builder, cand: graph.Candidate, method: str) -> str:
+    """The node's map as ``(B, C, h, w)`` in the graph (a token map's cells cut out of its
+    tokens and laid on their grid).
+
+    Raises:
+        ConfigError: recipro on a sequence-first token map (its masks are batch first).
+    """
+    layout = cand.layout
+    if isinstance(layout, GridLayout):
+        if layout == NCHW:
+            return cand.tensor
+        return b.op("Transpose", [cand.tensor], perm=list(layout.order))
+    assert isinstance(layout, TokenLayout)
+    if layout.sequence_first and method == "recipro":
+        raise ConfigError(
+            f"method 'recipro' cannot be exported on node '{cand.label}': its tokens come "
+            "before the batch (sequence first); export another method or a batch-first node"
+        )
+    tokens = cand.tensor
+    if layout.sequence_first:
+        tokens = b.op("Transpose", [tokens], perm=[1, 0, 2])
+    (h, w), p = layout.hw, layout.prefix
+    cells = b.op("Slice", [tokens, b.ints([p]), b.ints([p + h * w]), b.ints([1])], hint="cells")
+    grid = b.reshape(cells, [0, h, w, -1])
+    return b.op("Transpose", [grid], perm=[0, 3, 1, 2])
 
 
 def _check_free(model: onnx.ModelProto, names: list[str]) -> None:

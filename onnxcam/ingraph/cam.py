@@ -32,7 +32,7 @@ def linear_output(site: Site) -> graph.LinearOutput:
         head = graph.split_head(site.source, [name], site.index, outputs=[site.output.name])
     except Exception as exc:  # NodeError, or a graph the split cannot read
         raise ConfigError(f"method 'cam' cannot split the head after '{name}': {exc}") from None
-    linear = graph.linear_head(head, layout=site.node.layout)
+    linear = graph.linear_head(head, layout=site.node.layout, channels=site.node.channels)
     if site.output.name not in linear.outputs:
         raise ConfigError(f"method 'cam' cannot read weights: {linear.missing[site.output.name]}")
     return linear.outputs[site.output.name]

@@ -22,6 +22,7 @@ import onnx
 
 from .. import graph
 from ..errors import ConfigError
+from ..layouts import TokenLayout
 from ..methods.recipro import mosaic
 from .base import Cells, Site
 
@@ -47,7 +48,12 @@ def build(site: Site) -> Cells:
     cells = h * w
     # one mask per cell, (1, h·w, <the map's dims with one channel>) in the map's own layout
     masks = mosaic(h, w, np.arange(h), np.arange(w), site.kernel).reshape(cells, 1, h, w)
-    masks = node.layout.from_chw(masks)[None]
+    # a token map's prefix tokens (the class token) are kept: their masks are ones
+    layout = node.layout
+    kept = None
+    if isinstance(layout, TokenLayout):
+        kept = np.ones((1, layout.prefix + cells, 1), np.float32)
+    masks = node.layout.from_chw(masks, kept)[None]
     feeds: dict[str, str] = {}
     inputs = {v.name: v for v in model.graph.input}
     tensor = node.tensor
