@@ -17,6 +17,7 @@ from .errors import ConfigError, ModelError, NodeError
 from .labels import LabelError, labels_from_metadata, load_labels
 from .layouts import TokenLayout
 from .methods import METHODS, Method
+from .methods.recipro import ReciproOptions
 from .preprocess import InputSpec, Normalization
 from .runner import Runnable, Stage
 from .targets import OutputInfo
@@ -104,6 +105,8 @@ def prepare(config: ExplainerConfig) -> Prepared:
     resize = config.resize or ("letterbox" if yolo else "stretch")
     detection = kind.detection.outputs if kind.detection is not None else None
     candidates = graph.resolve_nodes(sized.model, config.node, sized, detection=detection)
+    if config.node == "auto" and _cuts_at_block(config):
+        candidates = graph.block_cut(sized) or candidates
     model, candidates, index = _batch_first(model, candidates, index)
     outputs = tuple(
         OutputInfo(name, index.shape(name), modelinfo.output_activation(index, name))
@@ -175,6 +178,11 @@ def _batch_first(
             cand = replace(cand, tensor=tensor, layout=layout, shape=shape)
         made.append(cand)
     return model, tuple(made), graph.GraphIndex(model)
+
+
+def _cuts_at_block(config: ExplainerConfig) -> bool:
+    """The method's settings feed a transformer's last block at its two inputs."""
+    return isinstance(config.options, ReciproOptions) and config.options.cut == "block"
 
 
 def _sequence_first(cand: graph.Candidate) -> bool:

@@ -175,3 +175,26 @@ def test_nodes_lists_token_maps_and_the_backbone(paths: dict[str, Path]) -> None
     picked = [line for line in out.output.splitlines() if line.startswith("*  ")]
     assert len(picked) == 1 and "(N, 5+14×14, 16)" in picked[0]
     assert "the last attention's input" in out.output
+
+
+def test_recipro_openvino_feeds_the_last_block_at_its_two_inputs(
+    paths: dict[str, Path], photo: np.ndarray
+) -> None:
+    """``--compat openvino`` on a ViT: the mosaic goes in at the last block's input (the
+    residual path) and at norm1's output, as OpenVINO XAI's ViTReciproCAM; the record names
+    both; with several prefix tokens they all stay clean (OpenVINO XAI assumes one)."""
+    from onnxcam.methods.recipro import Recipro
+
+    preset = Recipro.presets["openvino"]
+    for name in ("vit", "dinov2_registers"):
+        explainer = Explainer(paths[name], method="recipro", options=preset)
+        tensors = [c.tensor for c in explainer.candidates]
+        model = graph.load_model(paths[name])
+        index = graph.GraphIndex(model)
+        ln = index.nodes[index.producer["norm1_1"]]
+        assert tensors == [ln.input[0], "norm1_1"]
+        result = explainer.explain(photo)
+        assert np.isfinite(result.saliency).all() and 0.5 < result.saliency.max() <= 1.0
+    # a CNN has no block to cut at: the preset keeps the auto node
+    cnn = Explainer(paths["decoder"], method="recipro", options=preset)
+    assert [c.tensor for c in cnn.candidates] == ["decoder_up"]

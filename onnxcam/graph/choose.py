@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import onnx
 
 from ..errors import NodeError
+from ..layouts import TokenLayout
 from .index import _ALIASES, Candidate, Dim, GraphIndex, fmt_shape, spatial_candidates
-from .tokens import attention_input, takes_prefix
+from .tokens import attention_input, block_input, takes_prefix
 
 # Local pooling between the last conv block and the head; auto looks through it.
 _LOCAL_POOLS = {"MaxPool", "AveragePool", "LpPool"}
@@ -215,6 +216,18 @@ def _class_token_choice(index: GraphIndex, node: onnx.NodeProto, taken: Candidat
         "patch tokens reach no output)"
     )
     return AutoChoice(found, reason, head)
+
+
+def block_cut(index: GraphIndex) -> tuple[Candidate, Candidate] | None:
+    """For a head that takes a transformer's class token: the last block's input and its
+    normalised copy (:func:`.tokens.block_input`, then what ``auto`` picks), the two tensors
+    OpenVINO XAI's ViTReciproCAM feeds its mosaic at; None for any other model."""
+    choice = auto_choice(index)
+    norm = choice.candidate
+    if choice.head is None or not isinstance(norm.layout, TokenLayout) or not norm.layout.prefix:
+        return None
+    found = block_input(index, norm)
+    return None if found is None else (found, norm)
 
 
 def auto_candidate(model: onnx.ModelProto, index: GraphIndex | None = None) -> Candidate:

@@ -9,7 +9,7 @@ import onnx
 from ..layouts import TokenLayout
 from .index import Candidate, GraphIndex, spatial_candidates
 
-__all__ = ["attention_input", "backbone", "takes_prefix"]
+__all__ = ["attention_input", "backbone", "block_input", "takes_prefix"]
 
 # Ops between the attention scores' MatMul and their Softmax: a scale, a mask, a bias.
 _SCORE_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Cast", "Identity"}
@@ -67,6 +67,26 @@ def attention_input(index: GraphIndex, taken: Candidate) -> Candidate | None:
         found = [c for c in tokens if c.index in shared]
         if found:
             return max(found, key=lambda c: c.index)
+    return None
+
+
+def block_input(index: GraphIndex, norm: Candidate) -> Candidate | None:
+    """The block's input that ``norm`` (an attention's input, :func:`attention_input`)
+    normalises: the latest token map of its width upstream of it that also feeds the block's
+    residual Add (an Add after ``norm``); None when there is none."""
+    above = index.ancestors(norm.tensor)
+    tokens = [
+        c
+        for c in spatial_candidates(index.model, index)
+        if isinstance(c.layout, TokenLayout)
+        and c.channels == norm.channels
+        and c.index in above
+        and c.tensor != norm.tensor
+    ]
+    for cand in sorted(tokens, key=lambda c: c.index, reverse=True):
+        for j in index.consumers.get(cand.tensor, []):
+            if index.nodes[j].op_type == "Add" and j not in above:
+                return cand
     return None
 
 

@@ -14,6 +14,14 @@ cell's centre.
 ``--kernel gaussian`` keeps, instead of the one cell, its 3×3 neighbourhood weighted by
 ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` (cut at the map's border), the mosaic the authors'
 code offers and OpenVINO XAI's ViT Recipro-CAM uses by default.
+
+On a token map (a vision transformer) the prefix tokens (class, distillation, registers) keep
+their clean values in every pass; only the patch tokens are masked. ``--compat openvino`` is
+OpenVINO XAI 1.1's ``ViTReciproCAM`` with its defaults: with ``--node auto`` the mosaic is fed
+at two tensors, the last block's input (on the residual path) and its normalised copy (what
+the block's attention reads), each masked from its own clean values; the Gaussian mosaic; the
+raw logit. OpenVINO XAI cuts the patch tokens as ``[1 : h·w + 1]`` (one prefix token); the
+prefix is read from the graph here, so DeiT's and DINOv2's maps are right where its are not.
 """
 
 from __future__ import annotations
@@ -35,12 +43,17 @@ _GAUSSIAN = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float64) / 16.0
 
 @dataclass(frozen=True)
 class ReciproOptions(Options):
-    """``kernel``: the mask of each cell (see the module docstring)."""
+    """``kernel``: the mask of each cell (see the module docstring); ``score``: what a class
+    target scores; ``cut``: with ``--node auto`` on a vision transformer, ``block`` feeds the
+    mosaic at the last block's input and at its normalised copy (the two tensors OpenVINO XAI's
+    ``ViTReciproCAM`` substitutes), ``node`` at the auto node alone."""
 
     kernel: str = knob(
         "onehot", flag="--kernel", choices=KERNELS,
         help="the mask of each cell: that cell alone, or a 3×3 Gaussian around it",
     )  # fmt: skip
+    score: str = knob("probability", choices=("probability", "logit"))
+    cut: str = knob("node", choices=("node", "block"))
 
 
 def mosaic(h: int, w: int, rows: np.ndarray, cols: np.ndarray, kernel: str) -> np.ndarray:
@@ -64,8 +77,17 @@ class Recipro(Method):
     name = "recipro"
     space = "head"
     options_type = ReciproOptions
-    presets: ClassVar[Mapping[str, ReciproOptions]] = {"official": ReciproOptions()}
+    presets: ClassVar[Mapping[str, ReciproOptions]] = {
+        "official": ReciproOptions(),
+        # OpenVINO XAI 1.1's ReciproCAM / ViTReciproCAM with their defaults: raw logits; on
+        # a vision transformer the Gaussian mosaic, fed at the last block's input and norm1
+        "openvino": ReciproOptions(kernel="gaussian", score="logit", cut="block"),
+    }
     settings: ReciproOptions
+
+    def __init__(self, options: ReciproOptions | None = None, *, baseline: str = "none"):
+        super().__init__(options, baseline=baseline)
+        self.score_kind = self.settings.score
 
     def plan(self, clean: Clean) -> Plan:
         features = clean.features
