@@ -155,7 +155,7 @@ def test_unknown_node_suggests_the_closest(inputs: Path, out: Path) -> None:
 @pytest.mark.parametrize("node", ["head/gap", "head/fc"])
 def test_non_spatial_node_names_the_nearest_map(inputs: Path, out: Path, node: str) -> None:
     line = run_bad(
-        inputs, out, inputs / "model.onnx", inputs / "good.png", "not a spatial feature map",
+        inputs, out, inputs / "model.onnx", inputs / "good.png", "not a feature map on the image grid",
         extra=("--node", node),
     )  # fmt: skip
     assert node in line
@@ -420,7 +420,7 @@ def test_files_that_never_end_get_one_line(inputs: Path, out: Path) -> None:
 
 def test_nodes_fails_in_one_line_before_listing(inputs: Path) -> None:
     result = invoke("nodes", inputs / "model.onnx", "--size", "1x2")
-    assert_clear_failure(result, "has no 4-D spatial feature map")
+    assert_clear_failure(result, "has no feature map on the image grid")
     assert "input" not in result.output.split("Error:")[0]
 
 

@@ -166,7 +166,7 @@ def test_a_map_one_pixel_high_at_the_size_in_use_is_not_offered(tmp_path):
     dyn = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
     path = save(tmp_path / "dyn.onnx", nodes, inits, inputs=[dyn])
     assert Explainer(path, preset="unit", size=(16, 16)).candidate.tensor == "feat"
-    with pytest.raises(NodeError, match="no 4-D spatial feature map"):
+    with pytest.raises(NodeError, match="no feature map on the image grid"):
         Explainer(path, preset="unit", size=(16, 2))
     listing = CliRunner().invoke(cli, ["nodes", str(path), "--size", "16x24"]).output
     assert "(N, 6, 8, 12)" in listing

@@ -37,7 +37,7 @@ def test_unknown_name_lists_closest(tiny):
 
 
 def test_non_spatial_node_names_nearest_spatial_map(tiny):
-    with pytest.raises(NodeError, match=r"not a spatial feature map.*features/relu"):
+    with pytest.raises(NodeError, match=r"not a feature map on the image grid.*features/relu"):
         graph.resolve_node(graph.load_model(tiny), "head/gap")
 
 

@@ -44,7 +44,8 @@ def nodes(model: Path, size: tuple[int, int] | None, layout: str | None) -> None
     candidates = graph.spatial_candidates(index.model, index)
     if not candidates:  # before anything is printed: a failure is one line
         raise click.ClickException(
-            f"{model} has no 4-D spatial feature map computed from its image input"
+            f"{model} has no feature map on the image grid (a conv map or transformer tokens) "
+            "computed from its image input"
         )
     echo(given)
     outputs = [f"'{n}' {graph.fmt_shape(index.shape(n) or ())}" for n in index.outputs]

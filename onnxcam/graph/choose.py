@@ -198,8 +198,9 @@ def auto_choice(index: GraphIndex) -> AutoChoice:
     candidates = features or candidates
     if not candidates:
         raise NodeError(
-            "the model has no 4-D spatial feature map (N, C, h, w with h, w > 1) computed from "
-            "its image input; Score-CAM needs a convolutional feature map"
+            "the model has no feature map on the image grid (N, C, h, w or N, h, w, C with h, "
+            "w > 1, or transformer tokens) computed from its image input; Score-CAM needs "
+            "one"
         )
     return AutoChoice(candidates[-1], "the last spatial map upstream of the outputs", None)
 
@@ -314,7 +315,10 @@ def resolve_node(model: onnx.ModelProto, spec: str, index: GraphIndex | None = N
     elif tensor in index.input_copies:
         what = "is the image input itself, rearranged or rescaled, not a feature map"
     else:
-        what = f"has {described}, not a spatial feature map (4-D with height and width > 1)"
+        what = (
+            f"has {described}, not a feature map on the image grid (4-D with height and width "
+            "> 1, or transformer tokens)"
+        )
     raise NodeError(f"'{spec}' outputs '{tensor}', which {what}; {hint}")
 
 

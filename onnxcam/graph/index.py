@@ -36,7 +36,8 @@ _ALIASES = {"Identity", "Dropout"}
 
 @dataclass(frozen=True)
 class Candidate:
-    """A tensor that can be explained: a 4-D spatial feature map produced by a node.
+    """A tensor that can be explained: a feature map on the image grid produced by a node
+    (a 4-D grid, or a transformer's tokens: see :class:`~onnxcam.layouts.FeatureLayout`).
 
     Attributes:
         node: name of the producing node ("" when the exporter left it empty).
@@ -434,7 +435,7 @@ def transpose_perm(node: onnx.NodeProto) -> list[int] | None:
 
 
 def spatial_candidates(model: onnx.ModelProto, index: GraphIndex | None = None) -> list[Candidate]:
-    """Every node output that is a 4-D spatial feature map, in graph order."""
+    """Every node output that is a feature map on the image grid, in graph order."""
     index = index or GraphIndex(model)
     found = []
     for node in index.nodes:
