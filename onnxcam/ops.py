@@ -58,8 +58,11 @@ def upsample(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = F
     """Bilinear resize of (K, h, w) or (h, w) maps to ``size`` = (H, W), as matrix products."""
     h, w = maps.shape[-2:]
     rows = interp_matrix(h, size[0], align_corners=align_corners)
-    cols = interp_matrix(w, size[1], align_corners=align_corners)
-    return np.matmul(np.matmul(rows, maps.astype(np.float32, copy=False)), cols.T)
+    cols = np.ascontiguousarray(interp_matrix(w, size[1], align_corners=align_corners).T)
+    tall = np.matmul(rows, maps.astype(np.float32, copy=False))  # (..., H, w)
+    # one 2-D product for the columns: BLAS, where a batched product with a transposed view
+    # takes numpy's slow loop (30× slower for 16 maps to 224×224)
+    return (tall.reshape(-1, w) @ cols).reshape(*tall.shape[:-1], size[1])
 
 
 def minmax(maps: np.ndarray, *, eps: float = 0.0) -> np.ndarray:

@@ -4,6 +4,8 @@ good input gets its four files and a complete JSON record."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 import subprocess
 import sys
@@ -407,6 +409,24 @@ def test_method_numbers_out_of_range_get_one_line(
 def test_time_limit_help_says_one_operator_is_not_interrupted() -> None:
     result = invoke("explain", "--help")
     assert "ONNX Runtime stops between operators" in " ".join(result.output.split())
+
+
+def test_a_fifo_named_as_an_output_file_is_never_replaced(
+    inputs: Path, out: Path, tmp_path: Path
+) -> None:
+    """A file the user names to write (evaluate's --quantus and -o, export's -o) is written
+    by renaming a finished file over it: a device (``/dev/zero``) or a FIFO there is refused,
+    never replaced (as root, the rename would replace the device node itself)."""
+    model, image = inputs / "model.onnx", inputs / "good.png"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    runs = [
+        ("evaluate", model, image, "-o", out, "--method", "activation", "--quantus", fifo),
+        ("export", model, "-o", fifo, "--method", "activation", "--overwrite"),
+    ]
+    for args in runs:
+        assert_clear_failure(invoke(*args), "pipe", "not a regular file")
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_files_that_never_end_get_one_line(inputs: Path, out: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,7 +29,20 @@ def ensure_dir(path: Path) -> Path:
 
 def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Write ``data`` (bytes, or a function that writes to a file) to the file ``path`` the
-    user named, atomically (see :meth:`Confined.write`: the folder is ``path``'s own)."""
+    user named, atomically (see :meth:`Confined.write`: the folder is ``path``'s own).
+
+    Raises:
+        OutputError: ``path`` is there and is not a regular file (or a link): a device such
+            as ``/dev/zero``, a FIFO or a folder is never replaced.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written ({exc.strerror})") from None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise OutputError(f"{path}: not a regular file; name a file to write")
     Confined(path.parent).write(path.name, data)
 
 
