@@ -1,4 +1,5 @@
-"""Backends: the ONNX Runtime one behind the protocol, and the config naming it."""
+"""Backends: the ONNX Runtime one behind the protocol, and the config naming them (the remote
+one is tested against a real server in tests/test_serve.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from onnxcam.runtime import Session
 CPU = "CPUExecutionProvider"
 
 
-def test_ort_is_the_default_and_only_backend():
-    assert BACKEND_NAMES == ("ort",) and ExplainerConfig(model="m.onnx").backend == "ort"
+def test_ort_is_the_default_and_remote_needs_a_predictor():
+    assert BACKEND_NAMES == ("ort", "remote") and ExplainerConfig(model="m.onnx").backend == "ort"
     assert get_backend("ort") is ORT
-    with pytest.raises(ConfigError, match="unknown backend 'tensorrt'; valid: ort"):
+    with pytest.raises(ConfigError, match="unknown backend 'tensorrt'; valid: ort, remote"):
         get_backend("tensorrt")
-    with pytest.raises(ConfigError, match="unknown backend 'remote'; valid: ort"):
+    with pytest.raises(ConfigError, match="remote backend and a predictor go together"):
         validate(ExplainerConfig(model="m.onnx", backend="remote"))
+    with pytest.raises(ConfigError, match="remote backend and a predictor go together"):
+        validate(ExplainerConfig(model="m.onnx", predictor="127.0.0.1:1/m"))
 
 
 def test_ort_opens_a_session_and_says_what_serves(tiny):
