@@ -1,0 +1,231 @@
+"""The model the KServe model server serves: ``:predict`` and V2 infer give the model's own
+outputs, ``:explain`` (and V2 infer with ``explain``) the saliency maps, their passes shared with
+every other request in flight through one :class:`~onnxcam.batcher.Batcher`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from kserve import InferOutput, InferRequest, InferResponse, Model
+
+from ..batcher import Batcher
+from ..errors import BusyError, ConfigError, OnnxCamError, PredictorError
+from ..explain import Explainer
+from ..jobs import Job
+from ..result import Result
+from ..runner import one_input
+from . import codec
+
+__all__ = ["SALIENCY", "ExplainerModel", "HttpError"]
+
+_V2_TYPES = {
+    np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.float64): "FP64",
+    np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.int8): "INT8",
+    np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL",
+}  # fmt: skip
+#: The V2 output that carries the maps of ``explain: true``: (B, T, H, W) float32.
+SALIENCY = "saliency"
+
+
+class ExplainerModel(Model):
+    """One explainer behind the V1 and V2 endpoints.
+
+    Args:
+        name: what the endpoints call it (``/v1/models/NAME``).
+        explainer: the model and its settings.
+        batcher: shares the passes of concurrent requests.
+    """
+
+    def __init__(self, name: str, explainer: Explainer, batcher: Batcher) -> None:
+        super().__init__(name)
+        self.explainer = explainer
+        self.batcher = batcher
+        prepared = explainer.prepared
+        self.outputs = tuple(
+            dict.fromkeys([*(o.name for o in prepared.outputs), *prepared.feature_outputs])
+        )
+
+    def load(self) -> bool:
+        """Warm up: a clean pass and one full batch, so the first request is not the slow one."""
+        explainer = self.explainer
+        x = np.zeros(explainer.spec.shape(), explainer.spec.dtype)
+        explainer.forward(tensor=x)
+        explainer.runner.run([_job(np.repeat(x, explainer.runner.batch, axis=0), self.outputs)])
+        self.ready = True
+        return self.ready
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        spec = self.explainer.spec
+        shape = [-1, *spec.shape()[1:]]
+        return [{"name": spec.name, "datatype": _V2_TYPES[np.dtype(spec.dtype)], "shape": shape}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [{"name": name, "datatype": "FP32", "shape": [-1]} for name in self.outputs]
+
+    # ----------------------------------------------------------------- :explain
+
+    async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
+        t0 = time.perf_counter()
+        spec, limit = self.explainer.spec, self.explainer.config.max_pixels
+        try:
+            given = codec.parameters(_mapping(payload).get("parameters"))
+            items = await asyncio.to_thread(codec.instances, payload, spec, max_pixels=limit)
+        except OnnxCamError as exc:
+            raise _http(exc) from None
+        futures = [
+            self._submit(item.image, item.tensor, item.target or given.target, given)
+            for item in items
+        ]
+        results = await asyncio.gather(*futures)
+        return {
+            "explanations": [codec.answer(r, request_s=time.perf_counter() - t0) for r in results]
+        }
+
+    async def _submit(
+        self, image: np.ndarray | None, tensor: np.ndarray | None, target: Any,
+        given: codec.Parameters,
+    ) -> Result:  # fmt: skip
+        try:
+            future = self.batcher.submit(
+                image, tensor=tensor, target=None if target is None else list(target),
+                method=given.method, budget_s=given.budget_s,
+            )  # fmt: skip
+            return await asyncio.wrap_future(future)
+        except OnnxCamError as exc:
+            raise _http(exc) from None
+
+    # ----------------------------------------------------------------- :predict, V2 infer
+
+    async def predict(
+        self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:  # fmt: skip
+        if isinstance(payload, InferRequest):
+            return await self._infer(payload)
+        try:
+            return await asyncio.to_thread(self._predict, payload)
+        except OnnxCamError as exc:
+            raise _http(exc) from None
+
+    def _predict(self, payload: Any) -> dict[str, Any]:
+        """V1 ``:predict``: each instance's model outputs (a mapping of output name to value
+        when the model has several)."""
+        explainer = self.explainer
+        items = codec.instances(payload, explainer.spec, max_pixels=explainer.config.max_pixels)
+        inputs = [item.model_input(explainer.preprocess) for item in items]
+        names = [o.name for o in explainer.prepared.outputs]
+        values = self._run(np.concatenate(inputs), names)
+        if len(names) == 1:
+            return {"predictions": values[names[0]].tolist()}
+        return {
+            "predictions": [
+                {name: values[name][row].tolist() for name in names} for row in range(len(inputs))
+            ]
+        }
+
+    async def _infer(self, request: InferRequest) -> InferResponse:
+        try:
+            given = codec.parameters(dict(request.parameters or {}))
+            explain = bool((request.parameters or {}).get("explain", False))
+            x = self._v2_input(request)
+            own = [o.name for o in self.explainer.prepared.outputs]  # feature maps on request
+            wanted = [o.name for o in request.request_outputs or []] or own
+            if explain and SALIENCY not in wanted:
+                wanted.append(SALIENCY)
+            unknown = [n for n in wanted if n not in self.outputs and n != SALIENCY]
+            if unknown:
+                raise ConfigError(
+                    f"the model has no output '{unknown[0][:80]}'; it has "
+                    f"{', '.join(self.outputs)}"
+                    + (f", {SALIENCY} (with explain)" if explain else "")
+                )
+            if SALIENCY in wanted and not explain:
+                raise ConfigError(f"output '{SALIENCY}' needs the parameter explain: true")
+            plain = [n for n in wanted if n != SALIENCY]
+            values = await asyncio.to_thread(self._run, x, plain) if plain else {}
+        except OnnxCamError as exc:
+            raise _http(exc) from None
+        if explain:
+            results = await asyncio.gather(
+                *(self._submit(None, x[i : i + 1], given.target, given) for i in range(len(x)))
+            )
+            values[SALIENCY] = _stacked(results)
+        outputs = [
+            InferOutput(name, list(values[name].shape), _V2_TYPES[values[name].dtype], values[name])
+            for name in wanted
+        ]
+        return InferResponse(
+            request.id or str(uuid.uuid4()), self.name, outputs, use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )  # fmt: skip
+
+    def _v2_input(self, request: InferRequest) -> np.ndarray:
+        spec = self.explainer.spec
+        if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
+            shown = ", ".join(repr(i.name[:80]) for i in request.inputs)
+            raise ConfigError(f"the model takes one input '{spec.name}', not {shown or 'none'}")
+        try:
+            x = np.asarray(request.inputs[0].as_numpy())
+        except Exception as exc:  # kserve's own complaint about a malformed tensor
+            raise ConfigError(f"input '{spec.name}': {exc}") from None
+        if x.ndim != 4 or x.dtype != spec.dtype or len(x) < 1:
+            raise ConfigError(
+                f"input '{spec.name}' takes (N, ...) {spec.dtype} like {spec.shape()}, not "
+                f"{tuple(x.shape)} {x.dtype}"
+            )
+        return x
+
+    def _run(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The model's outputs ``names`` for the rows of ``x``, through the explainer's runner."""
+        outcome = self.explainer.runner.run([_job(x, tuple(names))])[0]
+        if isinstance(outcome, OnnxCamError):
+            raise outcome
+        return outcome.values
+
+
+def _job(x: np.ndarray, names: tuple[str, ...]) -> Job:
+    return Job(len(x), one_input(x), names, dict, what="inputs")
+
+
+def _stacked(results: Sequence[Result]) -> np.ndarray:
+    """The maps of several results as (B, T, H, W) float32; a result with fewer targets than
+    the most (a detector's images differ) is padded with zero maps."""
+    most = max(len(r.targets) for r in results)
+    h, w = results[0].targets[0].saliency.shape
+    out = np.zeros((len(results), most, h, w), np.float32)
+    for i, result in enumerate(results):
+        for t, target in enumerate(result.targets):
+            out[i, t] = target.saliency
+    return out
+
+
+def _mapping(payload: Any) -> Mapping[str, Any]:
+    return payload if isinstance(payload, Mapping) else {}
+
+
+class HttpError(Exception):
+    """A library error as the HTTP status it answers (the server's handler writes it as
+    ``{"error": message}``, one line, and logs no traceback).
+
+    Attributes:
+        status: 400 what the request asked was wrong, 503 the queue is full (with
+            ``retry_after_s``), 502 the predictor failed.
+    """
+
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def _http(exc: OnnxCamError) -> HttpError:
+    if isinstance(exc, BusyError):
+        return HttpError(503, str(exc), exc.retry_after_s)
+    if isinstance(exc, PredictorError):
+        return HttpError(502, str(exc))
+    return HttpError(400, str(exc))
