@@ -7,11 +7,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model
+import orjson
+from fastapi import Request, Response
+from fastapi.responses import ORJSONResponse
+from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model
+from kserve.protocol.infer_type import RequestedOutput
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from pydantic import ValidationError
 
 from ..batcher import Batcher
 from ..errors import BusyError, ConfigError, OnnxCamError, PredictorError
@@ -19,15 +25,17 @@ from ..explain import Explainer
 from ..jobs import Job
 from ..result import Result
 from ..runner import one_input
+from ..text import first_line
 from . import codec
 
-__all__ = ["SALIENCY", "ExplainerModel", "HttpError"]
+__all__ = ["SALIENCY", "ExplainerModel", "HttpError", "v2_infer"]
 
 _V2_TYPES = {
     np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.float64): "FP64",
     np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.int8): "INT8",
     np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL",
 }  # fmt: skip
+_HEADER = "inference-header-content-length"
 #: The V2 output that carries the maps of ``explain: true``: (B, T, H, W) float32.
 SALIENCY = "saliency"
 
@@ -106,7 +114,7 @@ class ExplainerModel(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:  # fmt: skip
         if isinstance(payload, InferRequest):
-            return await self._infer(payload)
+            return await self.infer_v2(payload)
         try:
             return await asyncio.to_thread(self._predict, payload)
         except OnnxCamError as exc:
@@ -128,7 +136,9 @@ class ExplainerModel(Model):
             ]
         }
 
-    async def _infer(self, request: InferRequest) -> InferResponse:
+    async def infer_v2(self, request: InferRequest) -> InferResponse:
+        """V2 infer: the outputs asked for (default: the model's own), and with the parameter
+        ``explain`` the maps as the output ``saliency``."""
         try:
             given = codec.parameters(dict(request.parameters or {}))
             explain = bool((request.parameters or {}).get("explain", False))
@@ -160,7 +170,8 @@ class ExplainerModel(Model):
             for name in wanted
         ]
         return InferResponse(
-            request.id or str(uuid.uuid4()), self.name, outputs, use_binary_outputs=request.use_binary_outputs,
+            request.id or str(uuid.uuid4()), self.name, outputs,
+            use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )  # fmt: skip
 
@@ -186,6 +197,48 @@ class ExplainerModel(Model):
         if isinstance(outcome, OnnxCamError):
             raise outcome
         return outcome.values
+
+
+def v2_infer(model: ExplainerModel) -> Callable[[Request], Awaitable[Response]]:
+    """The V2 infer endpoint of ``model``, reading tensors of the binary extension (the
+    ``Inference-Header-Content-Length`` header) straight into arrays: kserve's own decoder
+    makes Python lists of them, which took 0.36 s of each 0.38 s masked batch sent by the
+    remote backend (16 × 3 × 96 × 96 float32, loopback)."""
+
+    async def infer(request: Request) -> Response:
+        body = await request.body()
+        length = request.headers.get(_HEADER)
+        try:
+            parsed = _v2_request(body, None if length is None else int(length), model.name)
+        except (ValueError, TypeError, KeyError, ValidationError) as exc:
+            raise HttpError(400, f"malformed V2 request: {first_line(exc)}") from None
+        answer, json_length = (await model.infer_v2(parsed)).to_rest()
+        if json_length is None:
+            return ORJSONResponse(answer)
+        headers = {_HEADER: str(json_length)}
+        return Response(answer, headers=headers, media_type="application/octet-stream")
+
+    return infer
+
+
+def _v2_request(body: bytes, json_length: int | None, name: str) -> InferRequest:
+    """A V2 request from its body: JSON, or JSON then raw tensors (binary extension)."""
+    meta = orjson.loads(body if json_length is None else body[:json_length])
+    if json_length is None:
+        return InferRequest.from_inference_request(InferenceRequest.model_validate(meta), name)
+    inputs, offset = [], json_length
+    for given in meta["inputs"]:
+        tensor = InferInput(given["name"], given["shape"], given["datatype"], given.get("data"))
+        size = (given.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            tensor._raw_data = body[offset : offset + int(size)]  # read by as_numpy, no copy
+            offset += int(size)
+        inputs.append(tensor)
+    outputs = [RequestedOutput(o["name"], o.get("parameters")) for o in meta.get("outputs") or []]
+    return InferRequest(
+        name, inputs, request_id=meta.get("id"), parameters=meta.get("parameters"),
+        request_outputs=outputs or None,
+    )  # fmt: skip
 
 
 def _job(x: np.ndarray, names: tuple[str, ...]) -> Job:

@@ -37,7 +37,7 @@ def serve(
             from kserve.model_server import app
         except ImportError:
             raise ConfigError("onnxcam serve needs kserve: pip install 'onnxcam[serve]'") from None
-    from .model import ExplainerModel, HttpError
+    from .model import ExplainerModel, HttpError, v2_infer
 
     batcher = Batcher(explainer, max_queue=max_queue)
     try:
@@ -45,6 +45,10 @@ def serve(
         model.load()
         app.add_exception_handler(HttpError, _error)
         app.add_exception_handler(RequestValidationError, _malformed)
+        # before kserve's own route for the path, which turns binary tensors into Python lists
+        app.add_api_route(
+            f"/v2/models/{name}/infer", v2_infer(model), methods=["POST"], response_model=None
+        )
         server = kserve.ModelServer(
             http_port=http_port, grpc_port=grpc_port or 8081, workers=workers,
             enable_grpc=grpc_port != 0, enable_docs_url=False,
