@@ -98,17 +98,18 @@ class Batcher:
     def submit(
         self, image: ImageLike | None = None, *, tensor: np.ndarray | None = None,
         target: TargetLike | Iterable[TargetLike] | None = None, method: str | None = None,
-        budget_s: float | None = None,
+        budget_s: float | None = None, arrived: float | None = None,
     ) -> Future[Result]:  # fmt: skip
         """Take a request (as :meth:`Explainer.explain` takes it, with its own ``method`` and
         ``budget_s``, default the explainer's); its :class:`Result` or error comes in the
-        future.
+        future. A budget counts from ``arrived`` (a :func:`time.perf_counter` time, e.g. when
+        the request reached the server; default: now).
 
         Raises:
             ConfigError: an unknown method, or a budget the method does not take.
             BusyError: ``max_queue`` requests are in already, or the batcher is closing.
         """
-        arrived = time.perf_counter()
+        arrived = time.perf_counter() if arrived is None else arrived
         chosen = self._method(method, budget_s)
         default = method is None and budget_s is None
         budget = self.explainer.config.budget_s if default else budget_s

@@ -86,7 +86,7 @@ class ExplainerModel(Model):
         except OnnxCamError as exc:
             raise _http(exc) from None
         futures = [
-            self._submit(item.image, item.tensor, item.target or given.target, given)
+            self._submit(item.image, item.tensor, item.target or given.target, given, t0)
             for item in items
         ]
         results = await asyncio.gather(*futures)
@@ -96,12 +96,12 @@ class ExplainerModel(Model):
 
     async def _submit(
         self, image: np.ndarray | None, tensor: np.ndarray | None, target: Any,
-        given: codec.Parameters,
+        given: codec.Parameters, arrived: float,
     ) -> Result:  # fmt: skip
         try:
             future = self.batcher.submit(
                 image, tensor=tensor, target=None if target is None else list(target),
-                method=given.method, budget_s=given.budget_s,
+                method=given.method, budget_s=given.budget_s, arrived=arrived,
             )  # fmt: skip
             return await asyncio.wrap_future(future)
         except OnnxCamError as exc:
@@ -139,6 +139,7 @@ class ExplainerModel(Model):
     async def infer_v2(self, request: InferRequest) -> InferResponse:
         """V2 infer: the outputs asked for (default: the model's own), and with the parameter
         ``explain`` the maps as the output ``saliency``."""
+        t0 = time.perf_counter()
         try:
             given = codec.parameters(dict(request.parameters or {}))
             explain = bool((request.parameters or {}).get("explain", False))
@@ -162,7 +163,7 @@ class ExplainerModel(Model):
             raise _http(exc) from None
         if explain:
             results = await asyncio.gather(
-                *(self._submit(None, x[i : i + 1], given.target, given) for i in range(len(x)))
+                *(self._submit(None, x[i : i + 1], given.target, given, t0) for i in range(len(x)))
             )
             values[SALIENCY] = _stacked(results)
         outputs = [
