@@ -8,6 +8,7 @@ import pytest
 from onnxcam import ConfigError, Explainer, graph, modelinfo
 from onnxcam.backends import BACKEND_NAMES, OpenOptions, get_backend
 from onnxcam.backends.ort import BACKEND as ORT
+from onnxcam.backends.remote import Address
 from onnxcam.config import ExplainerConfig, validate
 from onnxcam.runtime import Session
 
@@ -47,3 +48,14 @@ def test_ort_places_a_worker_by_its_resources():
         model="m.onnx", threads=2, providers=(CPU,)
     )
     assert ORT.placed(config, cpus=0.5, gpus=0).threads == 1
+
+
+def test_a_predictor_address_is_host_port_and_model():
+    assert Address.parse("127.0.0.1:8000/m") == Address("127.0.0.1", 8000, "m")
+    assert Address.parse("http://triton.svc:80/effnet_feat") == Address(
+        "triton.svc", 80, "effnet_feat"
+    )
+    assert Address.parse("[::1]:9000/m") == Address("::1", 9000, "m")
+    for bad in ("host", "host:port/m", "host:8000", "host:0/m", ":8000/m", "host:99999/m"):
+        with pytest.raises(ConfigError, match="is not HOST:PORT/MODEL"):
+            Address.parse(bad)

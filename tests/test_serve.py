@@ -324,9 +324,15 @@ def test_a_full_queue_answers_503_and_sigterm_finishes_requests_in_flight():
 
 
 def test_a_bad_option_is_one_line():
-    run = subprocess.run(
-        [sys.executable, "-m", "onnxcam.cli", "serve", str(SHAPES), "--name", "bad name!"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
-    assert run.returncode != 0 and "is not a model name" in run.stderr
-    assert "Traceback" not in run.stderr
+    for extra, message in (
+        (["--name", "bad name!"], "is not a model name"),
+        (["--server-workers", "2"], "requests share batches within one process"),
+        (["--predictor-host", "nohost"], "is not HOST:PORT/MODEL"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "onnxcam.cli", "serve", str(SHAPES), *extra],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )  # fmt: skip
+        assert run.returncode != 0 and message in run.stderr, run.stderr
+        errors = [line for line in run.stderr.splitlines() if line.startswith("Error")]
+        assert "Traceback" not in run.stderr and len(errors) == 1

@@ -40,7 +40,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
     type=InRange(Bounds(1, 64, integer=True)),
     default=1,
     show_default=True,
-    help="Server processes; each batches only its own requests (keep 1 to share).",
+    help="Server processes: 1, so that all requests share batches (scale out with replicas).",
 )
 @click.option(
     "--max-queue",
@@ -69,6 +69,11 @@ def serve(
     if not _NAME.fullmatch(name):
         raise click.BadParameter(
             f"'{name}' is not a model name: letters, digits, '_', '.', '-'", param_hint="--name"
+        )
+    if server_workers != 1:
+        raise click.BadParameter(
+            "only 1: requests share batches within one process (run more replicas instead)",
+            param_hint="--server-workers",
         )
     if target_specs(options) is not None:
         raise click.BadParameter(

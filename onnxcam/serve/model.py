@@ -15,7 +15,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.responses import ORJSONResponse
 from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model
-from kserve.protocol.infer_type import RequestedOutput
+from kserve.protocol.infer_type import RequestedOutput, to_http_parameters
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
@@ -141,8 +141,11 @@ class ExplainerModel(Model):
         ``explain`` the maps as the output ``saliency``."""
         t0 = time.perf_counter()
         try:
-            given = codec.parameters(dict(request.parameters or {}))
-            explain = bool((request.parameters or {}).get("explain", False))
+            params = to_http_parameters(request.parameters or {})  # gRPC's, unwrapped
+            given = codec.parameters(params)
+            explain = params.get("explain", False)
+            if not isinstance(explain, bool):
+                raise ConfigError("the parameter explain must be true or false")
             x = self._v2_input(request)
             own = [o.name for o in self.explainer.prepared.outputs]  # feature maps on request
             wanted = [o.name for o in request.request_outputs or []] or own
