@@ -27,6 +27,7 @@ class Counting:
     def __init__(self, session, *, delay_s: float = 0.0) -> None:
         self.session = session
         self.calls: list[int] = []
+        self.starts: list[float] = []
         self.gate = threading.Event()
         self.gate.set()
         self.delay_s = delay_s
@@ -36,6 +37,7 @@ class Counting:
         self.gate.wait(30)
         with self.lock:
             self.calls.append(len(feed))
+            self.starts.append(time.perf_counter())
         time.sleep(self.delay_s)
         return self.session.run(feed, outputs, **kwargs)
 
@@ -141,13 +143,16 @@ def test_a_full_queue_refuses_with_a_retry_time(shapes):
 
 
 def test_a_budget_counts_from_arrival_and_stops_within_a_batch(shapes):
-    with watched(shapes, delay_s=0.02) as (batcher, _):
+    with watched(shapes, delay_s=0.02) as (batcher, counting):
         t0 = time.perf_counter()
         result = batcher.explain(PHOTOS[0], budget_s=0.1)
-        took = time.perf_counter() - t0
         info = result.targets[0].info
         assert info["masks_run"] < info["masks_planned"]
-        assert took < 0.1 + 2 * 0.02 + 0.1  # one batch past the budget, and some slack
+        # every batch but the last started within the budget (the clock may be slow here: a
+        # busy machine stretches the batches, not this property)
+        masked = counting.starts[1:]  # after the clean pass
+        assert len(masked) >= 1 and all(start < t0 + 0.1 for start in masked[:-1])
+        assert info["masks_run"] <= len(masked) * shapes.runner.batch
 
 
 def test_a_small_request_is_not_starved_by_a_large_one(shapes):

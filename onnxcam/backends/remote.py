@@ -34,19 +34,31 @@ if TYPE_CHECKING:
     from ..graph import GraphIndex
     from ..preprocess import InputSpec
 
-__all__ = ["BACKEND", "PROTOCOLS", "Address", "RemoteBackend", "RemoteModel"]
+__all__ = [
+    "BACKEND",
+    "BINARY_HEADER",
+    "DATATYPES",
+    "DATATYPE_NAMES",
+    "PROTOCOLS",
+    "Address",
+    "RemoteBackend",
+    "RemoteModel",
+]
 
 PROTOCOLS = ("v2", "v1")
 #: Seconds one batch may take on the predictor (a run's own time limit is shorter when set).
 TIMEOUT_S = 120.0
 #: Tries of one batch after the first, on a broken connection or a 5xx answer.
 RETRIES = 2
-_HEADER = "Inference-Header-Content-Length"
-_DTYPES = {
+#: The header of the V2 binary extension: the length of the JSON before the raw tensors.
+BINARY_HEADER = "Inference-Header-Content-Length"
+#: The V2 datatypes onnxcam carries, and their numpy dtypes.
+DATATYPES = {
     "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
     "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_,
 }  # fmt: skip
-_NAMES = {np.dtype(kind): name for name, kind in _DTYPES.items()}
+#: The V2 datatype of each numpy dtype.
+DATATYPE_NAMES = {np.dtype(kind): name for name, kind in DATATYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -139,13 +151,13 @@ class RemoteModel:
         path = f"/v2/models/{self.address.model}/infer"
         status, headers, body = self.request(
             "POST", path, head + b"".join(a.tobytes() for a in raw),
-            {"Content-Type": "application/octet-stream", _HEADER: str(len(head))}, timeout,
+            {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(head))}, timeout,
         )  # fmt: skip
         if status != 200:
             raise PredictorError(
                 f"the predictor at {self.address} answered {status}: {_said(body)}"
             )
-        return _pick(_v2_outputs(body, headers.get(_HEADER.lower())), names, self.address)
+        return _pick(_v2_outputs(body, headers.get(BINARY_HEADER.lower())), names, self.address)
 
     def _v1(
         self, arrays: Mapping[str, np.ndarray], names: list[str], timeout: float
@@ -330,7 +342,7 @@ def _v2_outputs(body: bytes, json_length: str | None) -> dict[str, np.ndarray]:
     values = {}
     offset = size
     for out in meta.get("outputs", []):
-        kind = _DTYPES.get(out.get("datatype"))
+        kind = DATATYPES.get(out.get("datatype"))
         if kind is None:
             raise PredictorError(f"output '{out.get('name')}' has datatype {out.get('datatype')}")
         nbytes = (out.get("parameters") or {}).get("binary_data_size")
@@ -365,9 +377,9 @@ def _json(body: bytes, address: Address) -> dict[str, Any]:
 
 
 def _datatype(array: np.ndarray, name: str) -> str:
-    if array.dtype not in _NAMES:
+    if array.dtype not in DATATYPE_NAMES:
         raise ConfigError(f"input '{name}' has dtype {array.dtype}, which V2 does not carry")
-    return _NAMES[array.dtype]
+    return DATATYPE_NAMES[array.dtype]
 
 
 def _said(body: bytes) -> str:

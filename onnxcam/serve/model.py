@@ -19,6 +19,7 @@ from kserve.protocol.infer_type import RequestedOutput, to_http_parameters
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
+from ..backends.remote import BINARY_HEADER, DATATYPE_NAMES
 from ..batcher import Batcher
 from ..errors import BusyError, ConfigError, OnnxCamError, PredictorError
 from ..explain import Explainer
@@ -30,12 +31,6 @@ from . import codec
 
 __all__ = ["SALIENCY", "ExplainerModel", "HttpError", "v2_infer"]
 
-_V2_TYPES = {
-    np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16", np.dtype(np.float64): "FP64",
-    np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.int8): "INT8",
-    np.dtype(np.uint8): "UINT8", np.dtype(np.bool_): "BOOL",
-}  # fmt: skip
-_HEADER = "inference-header-content-length"
 #: The V2 output that carries the maps of ``explain: true``: (B, T, H, W) float32.
 SALIENCY = "saliency"
 
@@ -70,7 +65,9 @@ class ExplainerModel(Model):
     def get_input_types(self) -> list[dict[str, Any]]:
         spec = self.explainer.spec
         shape = [-1, *spec.shape()[1:]]
-        return [{"name": spec.name, "datatype": _V2_TYPES[np.dtype(spec.dtype)], "shape": shape}]
+        return [
+            {"name": spec.name, "datatype": DATATYPE_NAMES[np.dtype(spec.dtype)], "shape": shape}
+        ]
 
     def get_output_types(self) -> list[dict[str, Any]]:
         return [{"name": name, "datatype": "FP32", "shape": [-1]} for name in self.outputs]
@@ -170,7 +167,9 @@ class ExplainerModel(Model):
             )
             values[SALIENCY] = _stacked(results)
         outputs = [
-            InferOutput(name, list(values[name].shape), _V2_TYPES[values[name].dtype], values[name])
+            InferOutput(
+                name, list(values[name].shape), DATATYPE_NAMES[values[name].dtype], values[name]
+            )
             for name in wanted
         ]
         return InferResponse(
@@ -211,7 +210,7 @@ def v2_infer(model: ExplainerModel) -> Callable[[Request], Awaitable[Response]]:
 
     async def infer(request: Request) -> Response:
         body = await request.body()
-        length = request.headers.get(_HEADER)
+        length = request.headers.get(BINARY_HEADER)
         try:
             parsed = _v2_request(body, None if length is None else int(length), model.name)
         except (ValueError, TypeError, KeyError, ValidationError) as exc:
@@ -219,7 +218,7 @@ def v2_infer(model: ExplainerModel) -> Callable[[Request], Awaitable[Response]]:
         answer, json_length = (await model.infer_v2(parsed)).to_rest()
         if json_length is None:
             return ORJSONResponse(answer)
-        headers = {_HEADER: str(json_length)}
+        headers = {BINARY_HEADER: str(json_length)}
         return Response(answer, headers=headers, media_type="application/octet-stream")
 
     return infer
