@@ -275,6 +275,9 @@ def test_passes_through_a_served_predictor_give_the_in_process_maps(tmp_path, lo
             a, b = want.explain(PHOTOS[0], target="top:2"), got.explain(PHOTOS[0], target="top:2")
             for x, y in zip(a.targets, b.targets, strict=True):
                 assert np.abs(x.saliency - y.saliency).max() <= 1e-6
+        v1 = Explainer(SHAPES, backend="remote", predictor=where, predictor_protocol="v1")
+        b = v1.explain(PHOTOS[1], target=1)
+        assert np.abs(b.saliency - local.explain(PHOTOS[1], target=1).saliency).max() <= 1e-6
         with pytest.raises(ConfigError, match="which the predictor does not serve"):
             Explainer(SHAPES, backend="remote", predictor=where, method="ablation")
         with pytest.raises(PredictorError, match="is not ready: 404"):

@@ -268,9 +268,8 @@ class RemoteBackend:
         if served_in is not None and not set(inputs) <= set(served_in):
             raise ConfigError(
                 f"the predictor at {address} takes {', '.join(map(repr, served_in))}, not "
-                f"{', '.join(map(repr, inputs))}: a method that runs the model's head after the "
-                "node (ablation, recipro) needs that head served too; the input-space methods "
-                "(scorecam, sscam, iscam, groupcam, rise) need only the model"
+                f"{', '.join(map(repr, inputs))}: it serves another model (serve the one that "
+                "`onnxcam export --expose` writes)"
             )
         missing = [name for name in outputs if served_out is not None and name not in served_out]
         if missing:
