@@ -10,9 +10,10 @@ time budget, and one thread of its own works them off:
   progress in turns, one row each until the batch is full: one request alone fills whole
   batches, sixteen each put one row in; a request that arrives during a round joins the next
   one, so it never waits behind a large request for more than one batch;
-- a budget counts from the request's arrival, queue included: a request whose time is spent
-  (and that has run the rows its method requires) stops at the end of the round it is in, so
-  it is answered within its budget plus one batch;
+- a budget counts from the request's arrival, queue included: a request whose time would be
+  spent by the end of the next round (rounds are timed as they run) and that has run the rows
+  its method requires takes no more rows, so it is answered within its budget, or within one
+  batch past it when a single batch takes longer than its budget;
 - at most ``max_queue`` requests are taken or in progress at once; one more is refused with a
   :class:`~onnxcam.errors.BusyError` that says when to retry.
 
@@ -88,6 +89,7 @@ class Batcher:
         self._active: list[_Request] = []
         self._turn = 0  # who puts the first row into the next round
         self._mean_s = 1.0  # a request's time, smoothed, for Retry-After
+        self._round_s = 0.0  # a round's time, smoothed, to stop a budget before it runs out
         self._closing = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="onnxcam-batcher", daemon=True)
@@ -222,6 +224,7 @@ class Batcher:
             if not given:
                 break
         chosen = [r for r in order if shares[r]]
+        t0 = time.perf_counter()
         try:
             parts = [self._part(r, shares[r]) for r in chosen]
             ran = self.explainer.runner.run(parts)
@@ -229,6 +232,7 @@ class Batcher:
             for request in chosen:
                 self._fail(request, exc)
             return
+        self._round_s = 0.7 * self._round_s + 0.3 * (time.perf_counter() - t0)
         self.rounds += 1
         self.rows += sum(shares.values())
         for request, outcome in zip(chosen, ran, strict=True):
@@ -267,13 +271,14 @@ class Batcher:
 
         return replace(request.job, count=rows, inputs=inputs, budget_s=None, required=0)
 
-    @staticmethod
-    def _spent(request: _Request, now: float) -> bool:
+    def _spent(self, request: _Request, now: float) -> bool:
+        """Whether the request's budget is spent by the end of the next round (a round takes
+        about ``_round_s``), once its required rows have run."""
         assert request.job is not None
         return (
             request.deadline is not None
             and request.taken >= request.job.required
-            and now >= request.deadline
+            and now + self._round_s >= request.deadline
         )
 
     def _finish(self, request: _Request) -> None:

@@ -301,7 +301,9 @@ def test_passes_through_a_served_predictor_give_the_in_process_maps(tmp_path, lo
 
 
 def test_a_full_queue_answers_503_and_sigterm_finishes_requests_in_flight():
-    with serving(SHAPES, "shapes", "--max-queue", "1", "--max-pixels", "300000") as server:
+    with serving(
+        SHAPES, "shapes", "--max-queue", "1", "--max-pixels", "300000", "--target", "top:2"
+    ) as server:
         slow = {"instances": [{"image": b64(PHOTOS[0])}], "parameters": {"method": "rise"}}
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(server.explain, slow)
@@ -310,6 +312,7 @@ def test_a_full_queue_answers_503_and_sigterm_finishes_requests_in_flight():
             assert busy.status_code == 503 and int(busy.headers["Retry-After"]) >= 1
             assert "queue is full" in busy.json()["error"]
             assert first.result().status_code == 200
+            assert len(first.result().json()["explanations"][0]["maps"]) == 2  # --target top:2
         png = cv2.imencode(".png", np.zeros((600, 600, 3), np.uint8))[1].tobytes()
         large = server.explain({"instances": [{"image": {"b64": base64.b64encode(png).decode()}}]})
         assert large.status_code == 400 and "limit of 300,000" in large.json()["error"]

@@ -75,11 +75,7 @@ def serve(
             "only 1: requests share batches within one process (run more replicas instead)",
             param_hint="--server-workers",
         )
-    if target_specs(options) is not None:
-        raise click.BadParameter(
-            "a request names its targets (instances' target, or parameters.target)",
-            param_hint="--target",
-        )
+    targets = target_specs(options)  # a request's own targets come first
     predictor = options["predictor"]
     if predictor is not None and "/" not in predictor.removeprefix("http://"):
         options["predictor"] = f"{predictor}/{name}"  # the predictor serves it under our name
@@ -90,5 +86,5 @@ def serve(
          f"{explainer.batch_size()})", err=True)  # fmt: skip
     run(
         explainer, name=name, http_port=http_port, grpc_port=grpc_port, workers=server_workers,
-        max_queue=max_queue,
+        max_queue=max_queue, target=targets,
     )  # fmt: skip

@@ -26,6 +26,7 @@ from ..explain import Explainer
 from ..jobs import Job
 from ..result import Result
 from ..runner import one_input
+from ..targets import TargetSpec
 from ..text import first_line
 from . import codec
 
@@ -42,12 +43,17 @@ class ExplainerModel(Model):
         name: what the endpoints call it (``/v1/models/NAME``).
         explainer: the model and its settings.
         batcher: shares the passes of concurrent requests.
+        default_target: the targets of a request that names none (None: the model's default).
     """
 
-    def __init__(self, name: str, explainer: Explainer, batcher: Batcher) -> None:
+    def __init__(
+        self, name: str, explainer: Explainer, batcher: Batcher,
+        default_target: Sequence[TargetSpec] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(name)
         self.explainer = explainer
         self.batcher = batcher
+        self.default_target = None if default_target is None else tuple(default_target)
         prepared = explainer.prepared
         self.outputs = tuple(
             dict.fromkeys([*(o.name for o in prepared.outputs), *prepared.feature_outputs])
@@ -97,7 +103,7 @@ class ExplainerModel(Model):
     ) -> Result:  # fmt: skip
         try:
             future = self.batcher.submit(
-                image, tensor=tensor, target=None if target is None else list(target),
+                image, tensor=tensor, target=list(target or self.default_target or ()) or None,
                 method=given.method, budget_s=given.budget_s, arrived=arrived,
             )  # fmt: skip
             return await asyncio.wrap_future(future)

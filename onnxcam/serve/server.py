@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..batcher import Batcher
 from ..errors import ConfigError
 from ..explain import Explainer
+from ..targets import TargetSpec
 from ..text import escape
 
 __all__ = ["serve"]
@@ -23,9 +24,11 @@ def serve(
     grpc_port: int = 8081,
     workers: int = 1,
     max_queue: int = 64,
+    target: Sequence[TargetSpec] | None = None,
 ) -> None:
     """Serve ``explainer`` as model ``name`` until SIGTERM or SIGINT; requests in flight are
-    answered before it returns (``grpc_port`` 0: no gRPC).
+    answered before it returns (``grpc_port`` 0: no gRPC; ``target``: what a request that
+    names no target explains, default the model's default).
 
     Raises:
         ConfigError: kserve is not installed.
@@ -41,7 +44,7 @@ def serve(
 
     batcher = Batcher(explainer, max_queue=max_queue)
     try:
-        model = ExplainerModel(name, explainer, batcher)
+        model = ExplainerModel(name, explainer, batcher, target)
         model.load()
         app.add_exception_handler(HttpError, _error)
         app.add_exception_handler(RequestValidationError, _malformed)
