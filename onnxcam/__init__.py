@@ -2,6 +2,7 @@
 
 from .config import ExplainerConfig
 from .errors import (
+    BusyError,
     ClusterError,
     ConfigError,
     DeviceError,
@@ -11,6 +12,7 @@ from .errors import (
     NumericalError,
     OnnxCamError,
     OutputError,
+    PredictorError,
     TargetError,
     TimeLimitError,
 )
@@ -27,6 +29,7 @@ __all__ = [
     "KINDS",
     "METHODS",
     "SCHEMA_VERSION",
+    "BusyError",
     "ClusterError",
     "ConfigError",
     "DeviceError",
@@ -39,6 +42,7 @@ __all__ = [
     "NumericalError",
     "OnnxCamError",
     "OutputError",
+    "PredictorError",
     "Result",
     "ScoreCamOptions",
     "TargetError",

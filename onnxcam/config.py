@@ -224,7 +224,9 @@ class ExplainerConfig:
             Ultralytics does); default: ``letterbox`` for YOLO-family detectors, else
             ``stretch``. Boxes and maps are mapped back to the image either way.
         backend: what opens and runs the model (:mod:`onnxcam.backends`): ``ort``, ONNX
-            Runtime in this process, the only one so far.
+            Runtime in this process, or ``remote``, a predictor served elsewhere.
+        predictor: the remote backend's predictor, ``HOST:PORT/MODEL``.
+        predictor_protocol: how the remote backend talks to it: ``v2`` or ``v1``.
     """
 
     model: str | bytes
@@ -340,7 +342,21 @@ class ExplainerConfig:
         "ort",
         flag="--backend",
         choices=BACKEND_NAMES,
-        help="What opens and runs the model: ort (ONNX Runtime in this process).",
+        help="What opens and runs the model: ort (ONNX Runtime in this process) or remote (a "
+        "served predictor, --predictor-host).",
+    )
+    predictor: str | None = setting(
+        None,
+        flag="--predictor-host",
+        metavar="HOST:PORT/MODEL",
+        help="The predictor that runs the passes (with --backend remote; implies it on the "
+        "command line): it serves the model that `onnxcam export --expose` writes.",
+    )
+    predictor_protocol: str = setting(
+        "v2",
+        flag="--predictor-protocol",
+        choices=("v2", "v1"),
+        help="How to talk to the predictor: v2 (Open Inference Protocol) or v1 (KServe V1).",
     )
 
 
@@ -437,6 +453,11 @@ def validate(config: ExplainerConfig) -> None:
             raise ConfigError("pass either a device or a list of execution providers, not both")
     if config.session_options is not None:
         _check_session_options(config.session_options)
+    if (config.backend == "remote") != (config.predictor is not None):
+        raise ConfigError(
+            "the remote backend and a predictor go together: backend 'remote' with "
+            "predictor HOST:PORT/MODEL (--predictor-host), or neither"
+        )
 
 
 #: The integer session options' ranges: 0 threads is ONNX Runtime's default; log severity

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .text import escape
 
 __all__ = [
+    "BusyError",
     "ClusterError",
     "ConfigError",
     "DeviceError",
@@ -14,6 +15,7 @@ __all__ = [
     "NumericalError",
     "OnnxCamError",
     "OutputError",
+    "PredictorError",
     "TargetError",
     "TimeLimitError",
 ]
@@ -70,3 +72,17 @@ class TimeLimitError(OnnxCamError):
 class ClusterError(OnnxCamError):
     """A distributed run cannot start or goes on no further: Ray missing or unreachable, a
     request the cluster cannot meet, an output folder the workers do not share, a stall."""
+
+
+class PredictorError(OnnxCamError):
+    """A served predictor (the remote backend) is unreachable, answers with an error, or does
+    not serve the inputs and outputs that onnxcam needs."""
+
+
+class BusyError(OnnxCamError):
+    """Too many requests are waiting for their passes; ``retry_after_s`` says when to try
+    again (a service answers 503 with it)."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -56,6 +56,7 @@ class Explainer:
         providers: Sequence[ProviderSpec] | None = None, session_options: Any = None,
         budget_s: float | None = None, time_limit_s: float | None = None,
         resize: str | None = None, split_head: bool = False, backend: str = "ort",
+        predictor: str | None = None, predictor_protocol: str = "v2",
     ) -> None:  # fmt: skip
         if compat is not None:
             if options is not None:
@@ -71,7 +72,7 @@ class Explainer:
             method=method, providers=None if providers is None else provider_specs(providers),
             session_options=None if session_options is None else session_settings(session_options),
             budget_s=budget_s, time_limit_s=time_limit_s, resize=resize, split_head=split_head,
-            backend=backend,
+            backend=backend, predictor=predictor, predictor_protocol=predictor_protocol,
         )  # fmt: skip
         self._build(config)
 
@@ -322,17 +323,22 @@ class Explainer:
 
     def _explain_bound(self, ready: Sequence[Bound]) -> list[Result | OnnxCamError]:
         """Every image's passes in shared batches, then each target's map."""
-        origin = Provenance(
-            model=model_name(self.config.model), node=self.node_label,
-            tensor=",".join(c.tensor for c in self.candidates), batch_size=self.batch_size(),
-            preprocess=asdict(self.norm), provider=self.provider, notes=tuple(self.notes),
-        )  # fmt: skip
         ran = self.runner.run([self._job(b) for b in ready])
         return [
             outcome if isinstance(outcome, OnnxCamError)
-            else Result.from_passes(bound, outcome, origin)
+            else Result.from_passes(bound, outcome, provenance(self))
             for bound, outcome in zip(ready, ran, strict=True)
         ]  # fmt: skip
+
+
+def provenance(explainer: Explainer) -> Provenance:
+    """What each result of ``explainer`` records about where it came from."""
+    return Provenance(
+        model=model_name(explainer.config.model), node=explainer.node_label,
+        tensor=",".join(c.tensor for c in explainer.candidates),
+        batch_size=explainer.batch_size(), preprocess=asdict(explainer.norm),
+        provider=explainer.provider, notes=tuple(explainer.notes),
+    )  # fmt: skip
 
 
 def _model_source(model: Any) -> Any:

@@ -214,6 +214,12 @@ def head_stage(prepared: Prepared, config: ExplainerConfig, method: str) -> Stag
     Raises:
         ConfigError: the model has no head to split off.
     """
+    if config.backend == "remote":
+        raise ConfigError(
+            f"method '{method}' runs the model after node '{_label(prepared)}', which the "
+            "predictor does not serve (it serves the whole model): the input-space methods "
+            "(scorecam, sscam, iscam, groupcam, rise) need only the model"
+        )
     if prepared.head is None:
         raise ConfigError(
             f"method '{method}' runs the model after node '{_label(prepared)}', which could "

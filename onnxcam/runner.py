@@ -29,7 +29,19 @@ import numpy as np
 
 from .errors import ConfigError, NumericalError, OnnxCamError, OutputError, TimeLimitError
 
-__all__ = ["Feed", "Job", "JobResult", "Runnable", "Runner", "Stage", "chunk_size", "one_input"]
+__all__ = [
+    "Feed",
+    "Job",
+    "JobResult",
+    "Runnable",
+    "Runner",
+    "Stage",
+    "chunk_size",
+    "feed_rows",
+    "feed_slice",
+    "feed_stack",
+    "one_input",
+]
 
 Values = dict[str, np.ndarray]
 #: A block of rows: an array for the model's first input, or arrays for named inputs.
@@ -201,7 +213,7 @@ class Runner:
                     finish(i)
                 continue
             t0 = time.perf_counter()
-            n = _rows(batch)
+            n = feed_rows(batch)
             if n < chunk:
                 batch = _pad(batch, chunk)
             limit = None
@@ -264,36 +276,39 @@ class Runner:
                 t = time.perf_counter()
                 block = next(stream, None)
                 build[i] += time.perf_counter() - t
-                if block is None or _rows(block) == 0:
+                if block is None or feed_rows(block) == 0:
                     raise ValueError(f"job {i} yielded fewer rows than its count")
-                block = _slice(block, 0, left)
-                left -= _rows(block)
-                while _rows(block):
-                    take = min(chunk - count, _rows(block))
-                    pending.append(_slice(block, 0, take))
-                    block = _slice(block, take, None)
+                block = feed_slice(block, 0, left)
+                left -= feed_rows(block)
+                while feed_rows(block):
+                    take = min(chunk - count, feed_rows(block))
+                    pending.append(feed_slice(block, 0, take))
+                    block = feed_slice(block, take, None)
                     count += take
-                    segments.append((i, take, left == 0 and not _rows(block)))
+                    segments.append((i, take, left == 0 and not feed_rows(block)))
                     if count == chunk:
-                        yield _stack(pending), segments
+                        yield feed_stack(pending), segments
                         pending, segments, count = [], [], 0
         if count:
-            yield _stack(pending), segments
+            yield feed_stack(pending), segments
 
 
-def _rows(block: Feed) -> int:
+def feed_rows(block: Feed) -> int:
+    """The rows of a block."""
     if isinstance(block, np.ndarray):
         return len(block)
     return len(next(iter(block.values())))
 
 
-def _slice(block: Feed, start: int, stop: int | None) -> Feed:
+def feed_slice(block: Feed, start: int, stop: int | None) -> Feed:
+    """Rows ``start:stop`` of a block."""
     if isinstance(block, np.ndarray):
         return block[start:stop]
     return {name: value[start:stop] for name, value in block.items()}
 
 
-def _stack(blocks: list[Feed]) -> Feed:
+def feed_stack(blocks: list[Feed]) -> Feed:
+    """Blocks of one kind, one after another, as one block."""
     if len(blocks) == 1:
         return blocks[0]
     arrays = [b for b in blocks if isinstance(b, np.ndarray)]

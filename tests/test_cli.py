@@ -723,4 +723,4 @@ def test_a_declared_setting_is_an_option_checked_in_one_line(tmp_path):
     model = build_tiny(tmp_path / "m.onnx", tiny_weights())
     result = CliRunner().invoke(cli, ["explain", str(model), "x.png", "--backend", "tensorrt"])
     assert result.exit_code == 2 and "Invalid value for '--backend': 'tensorrt'" in result.output
-    assert "--backend [ort]" in CliRunner().invoke(cli, ["explain", "--help"]).output
+    assert "--backend [ort|remote]" in CliRunner().invoke(cli, ["explain", "--help"]).output

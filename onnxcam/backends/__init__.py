@@ -3,9 +3,9 @@
 A backend opens a model's bytes with :class:`OpenOptions` and returns something the runner runs
 (:class:`~onnxcam.runner.Runnable`); it says what serves it (the provider), how large a batch
 suits it, whether a freed batch dimension is consistent, and how a worker with given CPUs and
-GPUs should be configured. ONNX Runtime in-process (:mod:`onnxcam.backends.ort`, ``"ort"``) is
-the one backend today; another is one more module (exporting ``BACKEND``) and one line in
-:data:`BACKENDS`.
+GPUs should be configured. ONNX Runtime in-process (:mod:`onnxcam.backends.ort`, ``"ort"``) and
+a predictor served elsewhere over HTTP (:mod:`onnxcam.backends.remote`, ``"remote"``); another
+is one more module (exporting ``BACKEND``) and one line in :data:`BACKENDS`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "OpenOptions", "get_backend"]
 
 #: The backends by name (what ``ExplainerConfig.backend`` takes): the module that serves each,
 #: imported when first used.
-BACKENDS = {"ort": "onnxcam.backends.ort"}
+BACKENDS = {"ort": "onnxcam.backends.ort", "remote": "onnxcam.backends.remote"}
 BACKEND_NAMES = tuple(BACKENDS)
 
 
@@ -40,16 +40,23 @@ class OpenOptions:
         threads: intra-op threads (None: the backend's default).
         providers: execution providers exactly as the backend takes them, first must serve.
         session_options: backend session settings, a plain mapping.
+        predictor: for the remote backend, ``HOST:PORT/MODEL`` of the served predictor.
+        protocol: for the remote backend, ``v2`` (Open Inference Protocol) or ``v1``.
     """
 
     device: str = "auto"
     threads: int | None = None
     providers: tuple[Any, ...] | None = None
     session_options: Mapping[str, Any] | None = None
+    predictor: str | None = None
+    protocol: str = "v2"
 
     @classmethod
     def of(cls, config: ExplainerConfig) -> OpenOptions:
-        return cls(config.device, config.threads, config.providers, config.session_options)
+        return cls(
+            config.device, config.threads, config.providers, config.session_options,
+            config.predictor, config.predictor_protocol,
+        )  # fmt: skip
 
 
 class Backend(Protocol):

@@ -15,6 +15,7 @@ from .explain import explain
 from .export import export_command
 from .nodes import nodes
 from .report import report
+from .serve import serve
 
 __all__ = ["cli", "main"]
 
@@ -82,6 +83,7 @@ cli.add_command(explain)
 cli.add_command(evaluate)
 cli.add_command(export_command)
 cli.add_command(report)
+cli.add_command(serve)
 
 
 def main() -> None:

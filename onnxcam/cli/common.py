@@ -251,6 +251,8 @@ def open_explainer(
         budget_s = None
     given = {setting.name: options[setting.name] for setting in SETTINGS}
     given.update(baseline=baseline, budget_s=budget_s)
+    if given["predictor"] is not None and given["backend"] == "ort":
+        given["backend"] = "remote"  # --predictor-host alone means the served predictor
     explainer = Explainer(model, method=method, options=settings, split_head=split_head, **given)
     for note in explainer.notes:
         echo(f"note: {note}", err=True)
