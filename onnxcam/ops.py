@@ -61,7 +61,7 @@ def upsample(maps: np.ndarray, size: tuple[int, int], *, align_corners: bool = F
     cols = np.ascontiguousarray(interp_matrix(w, size[1], align_corners=align_corners).T)
     tall = np.matmul(rows, maps.astype(np.float32, copy=False))  # (..., H, w)
     # one 2-D product for the columns: BLAS, where a batched product with a transposed view
-    # takes numpy's slow loop (30× slower for 16 maps to 224×224)
+    # takes numpy's slow loop (30 times slower for 16 maps to 224 by 224)
     return (tall.reshape(-1, w) @ cols).reshape(*tall.shape[:-1], size[1])
 
 

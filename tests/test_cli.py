@@ -157,8 +157,8 @@ def test_unknown_node_suggests_the_closest(inputs: Path, out: Path) -> None:
 @pytest.mark.parametrize("node", ["head/gap", "head/fc"])
 def test_non_spatial_node_names_the_nearest_map(inputs: Path, out: Path, node: str) -> None:
     line = run_bad(
-        inputs, out, inputs / "model.onnx", inputs / "good.png", "not a feature map on the image grid",
-        extra=("--node", node),
+        inputs, out, inputs / "model.onnx", inputs / "good.png",
+        "not a feature map on the image grid", extra=("--node", node),
     )  # fmt: skip
     assert node in line
     assert "features/relu" in line  # the spatial map just before the head
