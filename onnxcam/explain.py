@@ -45,7 +45,7 @@ class Explainer:
 
     def __init__(
         self, model: str | os.PathLike[str] | bytes | bytearray | memoryview | onnx.ModelProto,
-        *, node: str = "auto",
+        *, node: str = "auto", fuse: str = "equal",
         preset: str | None = None, mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None, scale: float | None = None, bgr: bool | None = None,
         size: tuple[int, int] | None = None, layout: str | None = None, baseline: str = "none",
@@ -62,7 +62,7 @@ class Explainer:
                 raise ConfigError("pass either compat or options, not both")
             options = method_options(method, compat=compat)
         config = ExplainerConfig(
-            model=_model_source(model), node=node, preset=preset,
+            model=_model_source(model), node=node, fuse=fuse, preset=preset,
             mean=None if mean is None else plain_numbers(mean),
             std=None if std is None else plain_numbers(std), scale=scale, bgr=bgr,
             size=None if size is None else plain_numbers(size, integer=True), layout=layout,
@@ -326,6 +326,7 @@ class Explainer:
             model=model_name(self.config.model), node=self.node_label,
             tensor=",".join(c.tensor for c in self.candidates), batch_size=self.batch_size(),
             preprocess=asdict(self.norm), provider=self.provider, notes=tuple(self.notes),
+            fuse=self.prepared.fuse, instead=self.prepared.instead,
         )  # fmt: skip
         ran = self.runner.run([self._job(b) for b in ready])
         return [
