@@ -45,36 +45,58 @@ from tools.scenes import make_scenes  # noqa: E402
 RULES = ("equal", "sum")
 
 
-def run_pages(model: Path, pages, fuse: str, threads: int, channels: int) -> dict:  # type: ignore[no-untyped-def]
-    explainer = Explainer(
-        model, bgr=True, fuse=fuse, threads=threads,
-        options=ScoreCamOptions(top_channels=channels),
-    )  # fmt: skip
+def page_objects(explainer: Explainer, page) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Each block of the page: its class, hit, energy in its box and its box's area."""
     labels = explainer.labels or []
-    hits, energies, areas, seconds = [], [], [], []
+    classes = [labels.index(name) for name in page.labels]
+    t0 = time.perf_counter()
+    result = explainer.explain(page.image, target=box_specs(page.boxes, classes))
+    seconds = time.perf_counter() - t0
+    rows = []
+    for target, box, name in zip(result.targets, page.boxes, page.labels, strict=True):
+        x, y = target.map_stats()["peak"]
+        share, area = in_box(target.saliency, box)
+        rows.append({"class": name, "hit": inside(box, x, y), "energy": share, "area": area})
+    rows[0]["seconds"] = seconds
+    return rows
+
+
+def summary(explainer: Explainer, objects: list[dict]) -> dict:  # type: ignore[type-arg]
+    energies = np.array([o["energy"] for o in objects])
+    areas = np.array([o["area"] for o in objects])
     per_class: dict[str, list[bool]] = {}
-    for page in pages:
-        classes = [labels.index(name) for name in page.labels]
-        t0 = time.perf_counter()
-        result = explainer.explain(page.image, target=box_specs(page.boxes, classes))
-        seconds.append(time.perf_counter() - t0)
-        for target, box, name in zip(result.targets, page.boxes, page.labels, strict=True):
-            x, y = target.map_stats()["peak"]
-            hits.append(inside(box, x, y))
-            per_class.setdefault(name, []).append(hits[-1])
-            share, area = in_box(target.saliency, box)
-            energies.append(share)
-            areas.append(area)
+    for o in objects:
+        per_class.setdefault(o["class"], []).append(o["hit"])
     return {
         "node": explainer.node_label,
-        "objects": len(hits),
-        "hit_rate": float(np.mean(hits)),
-        "energy_in_box": float(np.mean(energies)),
-        "box_area": float(np.mean(areas)),
-        "energy_over_area": float(np.mean(np.array(energies) / np.array(areas))),
+        "objects": len(objects),
+        "hit_rate": float(np.mean([o["hit"] for o in objects])),
+        "energy_in_box": float(energies.mean()),
+        "box_area": float(areas.mean()),
+        "energy_over_area": float(np.mean(energies / areas)),
         "hit_rate_per_class": {k: float(np.mean(v)) for k, v in sorted(per_class.items())},
-        "seconds_per_page": statistics.median(seconds),
+        "seconds_per_page": statistics.median(o["seconds"] for o in objects if "seconds" in o),
     }
+
+
+def run_pages(model: Path, pages, threads: int, channels: int) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Both rules page by page (a partial run still compares them on the same pages)."""
+    explainers = {
+        fuse: Explainer(
+            model, bgr=True, fuse=fuse, threads=threads,
+            options=ScoreCamOptions(top_channels=channels),
+        )
+        for fuse in RULES
+    }  # fmt: skip
+    objects: dict[str, list[dict]] = {fuse: [] for fuse in RULES}
+    for i, page in enumerate(pages):
+        for fuse, explainer in explainers.items():
+            objects[fuse] += page_objects(explainer, page)
+        done = "; ".join(
+            f"{fuse} hit {100 * np.mean([o['hit'] for o in objects[fuse]]):.1f} %" for fuse in RULES
+        )
+        print(f"  after page {i + 1}: {done}", file=sys.stderr, flush=True)
+    return [{"fuse": fuse, **summary(explainers[fuse], objects[fuse])} for fuse in RULES]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,22 +112,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    rows = []
-    for fuse in RULES:
-        if args.detector:
-            scenes = make_scenes(args.images, seed=args.seed, size=args.size)
-            row = run_detector(args.detector, scenes, "auto", args.threads, fuse)
-        else:
-            pages = make_pages(args.pages, seed=args.seed)
-            row = run_pages(args.picodet, pages, fuse, args.threads, args.channels)
-        rows.append({"fuse": fuse, **row})
-        shown = (
-            f"  energy ÷ area {row['energy_over_area']:.2f}× (boxes {100 * row['box_area']:.1f} %)"
-        )
+    if args.detector:
+        scenes = make_scenes(args.images, seed=args.seed, size=args.size)
+        rows = [
+            {"fuse": fuse, **run_detector(args.detector, scenes, "auto", args.threads, fuse)}
+            for fuse in RULES
+        ]
+    else:
+        pages = make_pages(args.pages, seed=args.seed)
+        rows = run_pages(args.picodet, pages, args.threads, args.channels)
+    for row in rows:
         print(
-            f"fuse {fuse:5s}  hit {100 * row['hit_rate']:5.1f} %  energy in box "
-            f"{100 * row['energy_in_box']:5.1f} %{shown}  ({row['objects']} objects; "
-            f"node {row['node']})",
+            f"fuse {row['fuse']:5s}  hit {100 * row['hit_rate']:5.1f} %  energy in box "
+            f"{100 * row['energy_in_box']:5.1f} %  energy ÷ area {row['energy_over_area']:.2f}× "
+            f"(boxes {100 * row['box_area']:.1f} %; {row['objects']} objects; node {row['node']})",
             flush=True,
         )
         if "hit_rate_per_class" in row:

@@ -1,11 +1,12 @@
 """Synthetic document pages with known layout boxes, for layout detectors (PP-PicoDet CDLA).
 
-A page is white, 608×800 (width × height, the CDLA PicoDet's input), and holds, top to bottom
-in a random order: a title, two or three paragraphs of text, a table (a ruled grid of numbers)
-and a figure (a framed plot of two or three coloured curves), each in a random width and
-position, drawn with OpenCV's Hershey fonts. The annotations are the tight boxes of those
-blocks' ink in pixels (``x0, y0`` inclusive, ``x1, y1`` exclusive) with their CDLA class
-names (``title``, ``text``, ``table``, ``figure``).
+A page is white, 608×800 (width × height, the CDLA PicoDet's input), and holds a title, then
+in a random order two or three paragraphs of text, a table (a ruled grid of numbers) and a
+figure (a framed plot of two or three coloured curves), then paragraphs down to the bottom
+margin (a page with an empty lower half drew every Score-CAM map of the PicoDet onto the empty
+paper), each block in a random width and position, drawn with OpenCV's Hershey fonts. The
+annotations are the tight boxes of those blocks' ink in pixels (``x0, y0`` inclusive, ``x1,
+y1`` exclusive) with their CDLA class names (``title``, ``text``, ``table``, ``figure``).
 
 Example:
     >>> from tools.pages import make_pages
@@ -53,6 +54,7 @@ _WORDS = [
     "detector",
 ]
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_LINE = 21  # pixels from one line of body text (scale 0.5) to the next
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Page:
 def _text(img: np.ndarray, rng: np.random.Generator, x0: int, y: int, x1: int, lines: int,
           scale: float, thick: int) -> int:  # fmt: skip
     """Lines of words between x0 and x1 from baseline y; returns the last line's bottom."""
-    step = int(30 * scale) + 6
+    step = int(30 * scale) + 6  # _LINE at scale 0.5
     for i in range(lines):
         words, x = [], x0
         last = i == lines - 1
@@ -124,6 +126,7 @@ def make_page(rng: np.random.Generator) -> Page:
     boxes, labels = [], []
     blocks = ["text"] * int(rng.integers(2, 4)) + ["table", "figure"]
     rng.shuffle(blocks)
+    blocks += ["text"] * 12  # paragraphs fill the rest of the page: no empty bottom
     y = 30
     title_x0 = int(rng.integers(40, 160))
     bottom = _text(img, rng, title_x0, y + 24, WIDTH - title_x0, 1, 0.9, 2) + 4
@@ -137,15 +140,17 @@ def make_page(rng: np.random.Generator) -> Page:
             inset = int(rng.integers(0, 120))
             x0, x1 = x0 + inset, x1 - inset
         if kind == "text":
-            bottom = _text(img, rng, x0, y + 14, x1, int(rng.integers(3, 7)), 0.5, 1)
-            top = y
+            lines = min(int(rng.integers(3, 7)), (HEIGHT - 40 - y) // _LINE + 1)
+            if lines < 1:
+                break
+            top, bottom = y, _text(img, rng, x0, y + 14, x1, lines, 0.5, 1)
         elif kind == "table":
             top, bottom = y, _table(img, rng, x0, y, x1)
         else:
             top, bottom = y, _figure(img, rng, x0, y, x1)
         if bottom > HEIGHT - 20:
-            img[top:] = 255  # no room left: the block is not drawn
-            break
+            img[top:] = 255  # a table or figure that does not fit is left out
+            continue
         boxes.append(_ink_box(img, x0, top, x1 + 1, bottom))
         labels.append(kind)
         y = bottom + int(rng.integers(20, 40))
