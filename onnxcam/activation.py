@@ -38,7 +38,9 @@ class Forward:
         given_tensor: ``x`` is the caller's tensor, not onnxcam's preprocessing of ``rgb``.
         geometry: where the image sits in ``x`` (stretched or letterboxed); None without an
             image.
-        groups: with several nodes, how many of ``acts``' channels each gave, in order.
+        groups: with several nodes fused as equals (``--fuse equal``), how many of
+            ``acts``' channels each gave, in order; empty for one node or ``--fuse sum``
+            (every channel in one weighted sum).
         features: each explained node's activations, (K_i, h_i, w_i) float32.
         side: the clean values (batch of one) of the head's side inputs (the other tensors
             computed from the image that it reads).
@@ -201,7 +203,7 @@ class ActivationPass:
                     spec=item.spec,
                     given_tensor=item.given_tensor,
                     geometry=item.geometry,
-                    groups=tuple(m.shape[0] for m in maps) if len(maps) > 1 else (),
+                    groups=_groups(prepared, maps),
                     features=tuple(m.astype(np.float32, copy=False) for m in maps),
                     side={tensor: values[name] for tensor, name in side_outputs.items()},
                     raw=tuple(values[name] for name in features),
@@ -220,6 +222,13 @@ class ActivationPass:
             raise
         except OnnxCamError as exc:
             return exc
+
+
+def _groups(prepared: Prepared, maps: Sequence[np.ndarray]) -> tuple[int, ...]:
+    """Each node's channel count when several nodes are fused as equals, else ()."""
+    if len(maps) < 2 or prepared.fuse == "sum":
+        return ()
+    return tuple(m.shape[0] for m in maps)
 
 
 def _flat(

@@ -143,6 +143,9 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+#: How the maps of several nodes combine (``ExplainerConfig.fuse``).
+FUSE_RULES = ("equal", "sum")
+
 _SIDE = Bounds(1, integer=True)  # pixels; modelinfo names the largest side it takes
 
 #: How results are drawn (:meth:`onnxcam.Result.save`): the map's weight in the overlay, and
@@ -183,6 +186,11 @@ class ExplainerConfig:
             only with a path); :class:`onnxcam.Explainer` also takes ``bytearray``,
             ``memoryview``, a path-like object and an ``onnx.ModelProto``.
         node: ``auto``, a node name, or an output tensor name.
+        fuse: how the maps of several nodes (a detector's scales under ``auto``, or
+            ``a,b,c``) combine: ``equal`` (each node's map from its own channels, scaled to a
+            maximum of 1, averaged; a fast mode's channels shared equally among the nodes) or
+            ``sum`` (one weighted sum over every channel of every node, the rule before
+            ``equal``). README, "Detectors and segmenters", compares them.
         preset: ``imagenet``, ``caffe``, ``tf``, ``unit`` or ``raw``; default: the model's
             ``onnxcam.preset`` metadata, else ``imagenet``.
         mean, std, scale, bgr: override parts of the preset (ranges: :data:`LIMITS`, which
@@ -232,6 +240,13 @@ class ExplainerConfig:
     model: str | bytes
     # The fields with a flag are the command line's options, in this order (onnxcam.cli).
     node: str = setting("auto", flag="--node", help="Node name, tensor name, or auto.")
+    fuse: str = setting(
+        "equal",
+        flag="--fuse",
+        choices=FUSE_RULES,
+        help="With several nodes (a detector's scales, --node a,b,c): equal (one map per node "
+        "from its own channels, averaged) or sum (one weighted sum over every channel).",
+    )
     preset: str | None = setting(
         None,
         flag="--preset",

@@ -45,7 +45,7 @@ class Explainer:
 
     def __init__(
         self, model: str | os.PathLike[str] | bytes | bytearray | memoryview | onnx.ModelProto,
-        *, node: str = "auto",
+        *, node: str = "auto", fuse: str = "equal",
         preset: str | None = None, mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None, scale: float | None = None, bgr: bool | None = None,
         size: tuple[int, int] | None = None, layout: str | None = None, baseline: str = "none",
@@ -63,7 +63,7 @@ class Explainer:
                 raise ConfigError("pass either compat or options, not both")
             options = method_options(method, compat=compat)
         config = ExplainerConfig(
-            model=_model_source(model), node=node, preset=preset,
+            model=_model_source(model), node=node, fuse=fuse, preset=preset,
             mean=None if mean is None else plain_numbers(mean),
             std=None if std is None else plain_numbers(std), scale=scale, bgr=bgr,
             size=None if size is None else plain_numbers(size, integer=True), layout=layout,
@@ -338,6 +338,7 @@ def provenance(explainer: Explainer) -> Provenance:
         tensor=",".join(c.tensor for c in explainer.candidates),
         batch_size=explainer.batch_size(), preprocess=asdict(explainer.norm),
         provider=explainer.provider, notes=tuple(explainer.notes),
+        fuse=explainer.prepared.fuse, instead=explainer.prepared.instead,
     )  # fmt: skip
 
 

@@ -50,6 +50,10 @@ class Prepared:
         side_outputs: for each of the head's side inputs (taken at its clean value), the
             output of the session that gives it.
         provider: what serves the session (the backend says).
+        fuse: how the maps of several candidates combine (``equal`` or ``sum``).
+        instead: with ``--node auto``, the node spec to try when a map comes out all zero:
+            the picked maps one layer earlier (:func:`onnxcam.graph.earlier_maps`); empty
+            when none is found or the node was named.
     """
 
     metadata: dict[str, str]
@@ -70,6 +74,8 @@ class Prepared:
     head_note: str | None = None
     side_outputs: tuple[tuple[str, str], ...] = ()
     provider: str = ""
+    fuse: str = "equal"
+    instead: str = ""
 
 
 def prepare(config: ExplainerConfig) -> Prepared:
@@ -105,6 +111,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     resize = config.resize or ("letterbox" if yolo else "stretch")
     detection = kind.detection.outputs if kind.detection is not None else None
     candidates = graph.resolve_nodes(sized.model, config.node, sized, detection=detection)
+    instead = _instead(sized, candidates, config.node)
     if config.node == "auto" and _cuts_at_block(config):
         candidates = graph.block_cut(sized) or candidates
     model, candidates, index = _batch_first(model, candidates, index)
@@ -157,7 +164,7 @@ def prepare(config: ExplainerConfig) -> Prepared:
     return Prepared(
         metadata, norm, spec, candidates, tuple(feature_outputs), outputs, session, fixed, dynamic,
         default_batch, labels, tuple(notes), kind, resize, head, head_note, tuple(side_outputs),
-        backend.provider(session),
+        backend.provider(session), config.fuse, instead,
     )  # fmt: skip
 
 
@@ -187,6 +194,21 @@ def _cuts_at_block(config: ExplainerConfig) -> bool:
 
 def _sequence_first(cand: graph.Candidate) -> bool:
     return isinstance(cand.layout, TokenLayout) and cand.layout.sequence_first
+
+
+def _instead(index: graph.GraphIndex, picked: tuple[graph.Candidate, ...], node: str) -> str:
+    """The ``--node`` value naming the maps one layer before what ``auto`` picked ("" when
+    the node was named, or there is none)."""
+    if node != "auto":
+        return ""
+    earlier = graph.earlier_maps(index, picked)
+    return ",".join(_node_spec(index, c) for c in earlier)
+
+
+def _node_spec(index: graph.GraphIndex, cand: graph.Candidate) -> str:
+    """What ``--node`` takes for the map: its node's name when that names it alone."""
+    outputs = [name for name in index.nodes[cand.index].output if name]
+    return cand.node if cand.node and len(outputs) == 1 else cand.tensor
 
 
 def _split(

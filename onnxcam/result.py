@@ -119,6 +119,10 @@ class Provenance:
         preprocess: the input normalisation, as a mapping.
         provider: what serves the model.
         notes: things worth telling the user about the model.
+        fuse: how the maps of several nodes combine (``equal`` or ``sum``; the record says
+            it only when there are several).
+        instead: the ``--node`` value to suggest when a map comes out all zero ("" for none:
+            the node was named, not picked by ``auto``).
     """
 
     model: str
@@ -128,6 +132,20 @@ class Provenance:
     preprocess: dict[str, Any]
     provider: str
     notes: tuple[str, ...] = field(default=())
+    fuse: str = "equal"
+    instead: str = ""
+
+
+def _all_zero(spec: str, origin: Provenance) -> str:
+    """The note on a target whose map is all zero; with a node ``auto`` picked, the node to
+    try instead."""
+    note = f"the map of target '{spec}' is all zero: nothing the method tried raised its score"
+    if origin.instead:
+        note += (
+            f"; --node auto picked '{origin.node}': try --node '{origin.instead}' (the same "
+            "features one layer earlier)"
+        )
+    return note
 
 
 @dataclass(frozen=True)
@@ -167,10 +185,7 @@ class Result:
         for target, made in zip(bound.targets, made_all, strict=True):
             cam, info = made.map, {**target.describe(), **made.info}
             if not cam.any():
-                notes.append(
-                    f"the map of target '{info['spec']}' is all zero: nothing the method "
-                    "tried raised its score"
-                )
+                notes.append(_all_zero(info["spec"], origin))
             shown = cam if fwd.geometry is None else fwd.geometry.map_to_image(cam)
             maps.append(TargetResult(shown, cam, info))
         timings = {
@@ -196,6 +211,7 @@ class Result:
                 **(fwd.geometry.describe() if fwd.geometry is not None else {}),
                 "layout": fwd.spec.layout,
                 "input": "tensor" if fwd.given_tensor else "image",
+                **({"fuse": origin.fuse} if len(fwd.features) > 1 else {}),
             },
             stats=dict(plan.stats),
             provider=origin.provider,

@@ -82,16 +82,29 @@ def energy(saliency: np.ndarray, region: np.ndarray) -> float:
     return float(saliency[region].sum()) / total if total > 0 else 0.0
 
 
-def run_detector(model: Path, scenes, node: str, threads: int) -> dict:  # type: ignore[no-untyped-def]
-    explainer = Explainer(model, node=node, threads=threads)
+def box_specs(boxes: np.ndarray, classes) -> list[str]:  # type: ignore[no-untyped-def]
+    """``detection:box=...:class=...`` for each box and its class index."""
+    return [
+        "detection:box=" + ",".join(f"{v:g}" for v in box) + f":class={int(c)}"
+        for box, c in zip(boxes, classes, strict=True)
+    ]
+
+
+def in_box(saliency: np.ndarray, box: np.ndarray) -> tuple[float, float]:
+    """The map's energy inside the box, and the box's share of the image."""
+    region = np.zeros(saliency.shape, bool)
+    x0, y0, x1, y1 = box.astype(int)
+    region[y0:y1, x0:x1] = True
+    return energy(saliency, region), float(region.mean())
+
+
+def run_detector(model: Path, scenes, node: str, threads: int, fuse: str = "equal") -> dict:  # type: ignore[no-untyped-def]
+    explainer = Explainer(model, node=node, threads=threads, fuse=fuse)
     hits, energies, misses, follows, nearer, pairs, seconds = [], [], [], 0, 0, 0, []
+    areas = []
     for scene in scenes:
-        specs = [
-            "detection:box=" + ",".join(f"{v:g}" for v in box) + f":class={int(c)}"
-            for box, c in zip(scene.boxes, scene.classes, strict=True)
-        ]
         t0 = time.perf_counter()
-        result = explainer.explain(scene.image, target=specs)
+        result = explainer.explain(scene.image, target=box_specs(scene.boxes, scene.classes))
         seconds.append(time.perf_counter() - t0)
         peaks = []
         for target, box in zip(result.targets, scene.boxes, strict=True):
@@ -100,10 +113,9 @@ def run_detector(model: Path, scenes, node: str, threads: int) -> dict:  # type:
             hits.append(inside(box, x, y))
             if not hits[-1]:
                 misses.append(distance(box, x, y))
-            region = np.zeros(target.saliency.shape, bool)
-            x0, y0, x1, y1 = box.astype(int)
-            region[y0:y1, x0:x1] = True
-            energies.append(energy(target.saliency, region))
+            share, area = in_box(target.saliency, box)
+            energies.append(share)
+            areas.append(area)
         for i in range(len(scene.boxes)):
             for j in range(i + 1, len(scene.boxes)):
                 if scene.classes[i] != scene.classes[j]:
@@ -122,6 +134,8 @@ def run_detector(model: Path, scenes, node: str, threads: int) -> dict:  # type:
         "objects": len(hits),
         "hit_rate": float(np.mean(hits)),
         "energy_in_box": float(np.mean(energies)),
+        "box_area": float(np.mean(areas)),
+        "energy_over_area": float(np.mean(np.array(energies) / np.array(areas))),
         "miss_distance_median": statistics.median(misses) if misses else None,
         "hit_within_8px": float(np.mean(hits)) + sum(d <= 8 for d in misses) / len(hits),
         "same_class_pairs": pairs,

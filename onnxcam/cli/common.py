@@ -284,7 +284,11 @@ def run_settings(
 ) -> dict[str, Any]:
     """What decides the contents of a run's files (see :mod:`onnxcam.outdir`)."""
     config = explainer.config
+    # The fuse rule decides the maps of several nodes; it is left out for the default rule, so
+    # that folders made before the choice existed still resume.
+    fused = len(explainer.candidates) > 1 and config.fuse != "equal"
     return {
+        **({"fuse": config.fuse} if fused else {}),
         "model_sha256": model_sha256(config.model),
         "node": ",".join(c.tensor for c in explainer.candidates),
         "method": explainer.method.name,

@@ -180,6 +180,10 @@ def evaluate(
     """
     if quantus_file is not None and not quantus_file.name:  # checked before any pass runs
         raise click.BadParameter("needs a file name, e.g. maps.npz", param_hint="--quantus")
+    folder = out_path.parent if out_path.suffix == ".json" else out_path
+    out_file = out_path if out_path.suffix == ".json" else out_path / "evaluation.json"
+    if folder.exists() and not folder.is_dir():  # before any pass runs, not after the table
+        raise click.BadParameter(f"{folder} exists and is not a folder", param_hint="--output")
     chosen = _methods(methods)
     targets = target_specs(options)
     files = image_files(images)
@@ -222,8 +226,6 @@ def evaluate(
             "records": [e.to_record() for e in evaluations],
             "onnxcam_version": version(),
         }
-        folder = out_path.parent if out_path.suffix == ".json" else out_path
-        out_file = out_path if out_path.suffix == ".json" else out_path / "evaluation.json"
         ensure_dir(folder)
         write_atomic(out_file, (to_json(document, indent=2) + "\n").encode())
         grid = _map_pictures(folder, evaluations)

@@ -57,6 +57,15 @@ def _report(path: Path, result: Result, paths: dict[str, Path]) -> None:
         echo(f"  t{i}: {target.info['summary']} -> {paths[f't{i}_overlay'].name}")
 
 
+def _new_notes(result: Result, shown: set[str]) -> None:
+    """The result's notes not printed yet in this run (an all-zero map and the node to try
+    instead), each once."""
+    for note in result.notes:
+        if note not in shown:
+            shown.add(note)
+            echo(f"note: {note}", err=True)
+
+
 def _error_line(path: Path, exc: OnnxCamError) -> dict[str, Any]:
     return {"status": "error", "source": str(path), "error_type": type(exc).__name__,
             "error": str(exc)}  # fmt: skip
@@ -170,6 +179,7 @@ def explain(
             skipped = len(files) - len(todo)
             echo(f"{skipped} already explained, skipped; --overwrite to redo", err=True)
         failures = 0
+        shown = set(explainer.notes)  # printed when the model was opened
         show_bar = len(todo) > 1
         outcomes = explainer.explain_many(todo, target=targets)
         with click.progressbar(
@@ -196,6 +206,7 @@ def explain(
                 record = result.to_record(stem=stem, emphasized=emphasis is not None)
                 folder.record({"status": "ok", **record})
                 _report(path, result, paths)
+                _new_notes(result, shown)
         if with_report:
             written = write_report(out_dir)
             echo(f"report: {written.page}", err=True)

@@ -7,6 +7,8 @@ caller's proto and file are never modified. One job a module:
 - ``index``: the lookup tables over one graph (:class:`GraphIndex`) and the spatial maps
   found with them (:class:`Candidate`, :func:`spatial_candidates`);
 - ``choose``: ``--node auto`` (a classifier's head, a detector's scales) and name resolution;
+- ``detector_heads``: where each scale of a detector's head begins, and the maps one layer
+  before a chosen one (dominators: the maps every path to another passes through);
 - ``rewrite``: expose a tensor, free the batch, set the input size, convert to float16;
 - ``head``: the model after the explained maps, as a model of its own (:func:`split_head`);
 - ``linear``: the weights of a global-average-pooling + linear head (:func:`linear_head`).
@@ -21,6 +23,7 @@ from .choose import (
     resolve_node,
     resolve_nodes,
 )
+from .detector_heads import earlier_maps
 from .head import Head, split_head
 from .index import Candidate, Dim, GraphIndex, fmt_shape, spatial_candidates, transpose_perm
 from .index import _dims as _dims
@@ -52,6 +55,7 @@ __all__ = [
     "block_cut",
     "detector_choice",
     "drop_unused_inputs",
+    "earlier_maps",
     "expose",
     "expose_float32",
     "fmt_shape",

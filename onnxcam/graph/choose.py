@@ -11,7 +11,8 @@ import onnx
 
 from ..errors import NodeError
 from ..layouts import TokenLayout
-from .index import _ALIASES, Candidate, Dim, GraphIndex, fmt_shape, spatial_candidates
+from .detector_heads import head_starts
+from .index import _ALIASES, Candidate, GraphIndex, fmt_shape, spatial_candidates
 from .tokens import attention_input, block_input, takes_prefix
 
 # Local pooling between the last conv block and the head; auto looks through it.
@@ -74,65 +75,24 @@ class AutoChoice:
             object.__setattr__(self, "candidates", (self.candidate,))
 
 
-_SPLITTING_OPS = ("Split", "Slice", "Identity", "Transpose", "Reshape")
-
-
 def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
     """The maps where a detector's head begins, one per scale, finest first.
 
     The head's *ends* are the spatial maps upstream of the detection ``outputs`` that feed no
-    other spatial map on the way (the last box and class convolutions of each scale, before
-    their anchors are flattened; a prediction convolution whose channels are then split
-    into box and class parts, as PicoDet's, counts as one end). Per scale (the ends' height and
-    width), the head begins at the last map of that scale of which every end of the scale is
-    a descendant: the neck's output that the box and class branches share (YOLOv8's
-    ``cv2``/``cv3``, YOLOv5's ``m.i`` input). A scale whose ends share no such map keeps its
-    end. Every scale's map is picked, not only the finest: together they localise best on the
-    shipped detector (README, "Detectors and segmenters").
+    other spatial map on the way (the last box and class maps of each scale, before their
+    anchors are flattened). Per scale (the ends' height and width), the head begins at the
+    last map of that scale that every path from the image to the scale's ends passes through
+    (:func:`onnxcam.graph.detector_heads.head_starts`): the neck's output that the box and
+    class branches share (YOLOv8's ``cv2``/``cv3``, concatenated per scale or not, YOLOv10's
+    one-to-one branch, YOLOv5's ``m.i`` input), never a branch's own convolution. A scale
+    without such a map keeps its end. Every scale's map is picked, not only the finest:
+    together they localise best on the shipped detector (README, "Detectors and
+    segmenters").
 
     Raises:
         NodeError: no spatial map leads to the outputs.
     """
-    upstream = set().union(*(index.ancestors(name) for name in outputs))
-    candidates = [c for c in spatial_candidates(index.model, index) if c.index in upstream]
-    if not candidates:
-        raise NodeError("no spatial feature map leads to the detection outputs")
-    above = {
-        c.tensor: {name for i in index.ancestors(c.tensor) for name in index.nodes[i].input}
-        for c in candidates
-    }
-
-    def feeds(a: Candidate, b: Candidate) -> bool:  # tensors, not nodes: a Split has several
-        return a.tensor in above[b.tensor]
-
-    ends = [c for c in candidates if not any(feeds(c, d) for d in candidates)]
-    by_tensor = {c.tensor: c for c in candidates}
-    for k, end in enumerate(ends):  # a prediction conv split into box and class channels
-        while True:
-            node = index.nodes[end.index]
-            source = by_tensor.get(node.input[0]) if node.input else None
-            if node.op_type not in _SPLITTING_OPS or source is None:
-                break
-            end = source
-        ends[k] = end
-    ends = list({e.tensor: e for e in ends}.values())
-    scales: dict[tuple[Dim, Dim], list[Candidate]] = {}
-    for end in ends:
-        scales.setdefault(end.spatial, []).append(end)
-    picked = []
-    for grid, group in scales.items():
-        shared = [
-            c
-            for c in candidates
-            if c.spatial == grid and c not in group and all(feeds(c, e) for e in group)
-        ]
-        picked.append(max(shared, key=lambda c: c.index) if shared else group[-1])
-
-    def area(c: Candidate) -> int:
-        h, w = c.spatial
-        return (h if isinstance(h, int) else 0) * (w if isinstance(w, int) else 0)
-
-    picked.sort(key=area, reverse=True)
+    picked = head_starts(index, outputs)
     names = ", ".join(f"'{c.label}' {fmt_shape(c.shape)}" for c in picked)
     if len(picked) == 1:
         return AutoChoice(
@@ -142,7 +102,7 @@ def detector_choice(index: GraphIndex, outputs: Sequence[str]) -> AutoChoice:
         )
     reason = (
         f"the maps where each of the {len(picked)} scales' detection head begins, taken "
-        f"together (one map per scale from its own channels, averaged): {names}"
+        f"together (fused as --fuse says): {names}"
     )
     return AutoChoice(picked[0], reason, None, tuple(picked))
 

@@ -91,8 +91,9 @@ def fuse_nodes(clean: Clean, one: Callable[[slice], np.ndarray]) -> np.ndarray:
     With one node this is ``one`` of every channel. Each node counts equally whatever the
     scale of its activations, so a coarse map with large values cannot drown a fine one; where
     only some nodes' maps agree, the fused map is lower. (Stacking every channel into one sum
-    instead let the largest activations win: on the shipped detector it put the maximum
-    inside the object's box less often; see README, "Which node".)
+    instead, ``--fuse sum``, lets the largest activations win: on the shipped detector it puts
+    the maximum inside the object's box less often; see README, "Which node". Under that rule
+    ``groups`` is empty and this is ``one`` of every channel.)
     """
     if len(clean.groups) < 2:
         return one(slice(None))
