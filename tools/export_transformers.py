@@ -360,12 +360,15 @@ def build(name: str, seed: int = 0) -> nn.Module:
     """The PyTorch model of fixture ``name`` with random weights from ``seed``, in eval mode.
 
     ``torch.manual_seed(seed)`` right before construction: the same name and seed give the
-    same weights. ``deit`` builds the *non-distilled* ``deit_tiny_patch16_224`` of the same
-    size (one CLS token: what pytorch-grad-cam's ViT recipe assumes).
+    same weights. ``deit`` builds the *non-distilled* ``deit_tiny_patch16_224`` reduced as
+    ``vit`` (one CLS token: what pytorch-grad-cam's ViT recipe assumes), ``deit_tiny`` the
+    full-size one (12 blocks, width 192, 1,000 classes; about 22 MB as ONNX, not shipped).
     """
     torch.manual_seed(seed)
     if name == "deit":
         return _timm("deit_tiny_patch16_224", **_VIT)().eval()
+    if name == "deit_tiny":  # full size, 1,000 classes: for timing, not shipped
+        return timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
     spec = SPECS[SOURCE.get(name, name)]
     return spec.make().eval()
 
