@@ -35,6 +35,7 @@ import json
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -143,7 +144,14 @@ def predict_torch(model: nn.Module, images: np.ndarray, batch: int = 250) -> np.
     return np.concatenate(out)
 
 
-def export(model: nn.Module, path: Path, size: int) -> None:
+def export(
+    model: nn.Module,
+    path: Path,
+    size: int,
+    doc: str = "Synthetic shapes classifier (onnxcam tools/train_shapes.py)",
+) -> None:
+    """``input`` (batch, 3, size, size) -> ``logits``, opset 17, metadata ``labels`` and
+    ``onnxcam.preset``, ``doc`` as the model's doc string."""
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, size, size)
@@ -165,7 +173,7 @@ def export(model: nn.Module, path: Path, size: int) -> None:
     for key, value in (("labels", json.dumps(list(CLASSES))), ("onnxcam.preset", PRESET)):
         prop = m.metadata_props.add()
         prop.key, prop.value = key, value
-    m.doc_string = "Synthetic shapes classifier (onnxcam tools/train_shapes.py)"
+    m.doc_string = doc
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, str(path))
 
@@ -263,42 +271,82 @@ def main(argv: list[str] | None = None) -> int:
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     t1 = time.perf_counter()
     for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(len(xt))
-        total, correct, loss_sum = 0, 0, 0.0
-        for b in range(len(xt) // args.batch_size):
-            idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
-            x = to_input(xt[idx])
-            flips = torch.rand(2) < 0.5  # label-preserving flips: one draw per batch
-            if flips[0]:
-                x = x.flip(3)
-            if flips[1]:
-                x = x.flip(2)
-            if args.mask_fraction > 0:
-                x = mask_randomly(x, args.mask_fraction)
-            y = yt[idx]
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            total += len(y)
+        loss, train_acc = train_epoch(
+            model, opt, sched, xt, yt, args.batch_size, mask_fraction=args.mask_fraction
+        )
         test_acc = float((predict_torch(model, x_test).argmax(1) == y_test).mean())
         print(
-            f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / total:.4f}, "
-            f"train acc {correct / total:.4f}, test acc {test_acc:.4f}, "
+            f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f}, "
+            f"train acc {train_acc:.4f}, test acc {test_acc:.4f}, "
             f"{time.perf_counter() - t1:.0f}s"
         )
     t_train = time.perf_counter() - t1
+    return finish(args, model, export, x_test, y_test, t0=t0, t_train=t_train, t_data=t_data)
 
+
+def train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    batch_size: int,
+    *,
+    mask_fraction: float,
+    ramp: Callable[[int], float] | None = None,
+    clip: float | None = None,
+) -> tuple[float, float]:
+    """One epoch over uint8 images ``xt`` (shuffled, flipped, masked): (mean loss, accuracy).
+
+    ``ramp(b)`` scales ``mask_fraction`` at batch ``b``; ``clip`` clips the gradient norm.
+    """
+    model.train()
+    perm = torch.randperm(len(xt))
+    total, correct, loss_sum = 0, 0, 0.0
+    for b in range(len(xt) // batch_size):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        x = to_input(xt[idx])
+        flips = torch.rand(2) < 0.5  # label-preserving flips: one draw per batch
+        if flips[0]:
+            x = x.flip(3)
+        if flips[1]:
+            x = x.flip(2)
+        if mask_fraction > 0:
+            x = mask_randomly(x, mask_fraction * (ramp(b) if ramp else 1.0))
+        y = yt[idx]
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+    return loss_sum / total, correct / total
+
+
+def finish(
+    args: argparse.Namespace,
+    model: nn.Module,
+    export_fn: Callable[[nn.Module, Path, int], None],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    t0: float,
+    t_train: float,
+    t_data: float,
+    head_nodes: int = 8,
+) -> int:
+    """Exports the trained model to ``args.out``, checks it in ONNX Runtime, prints the
+    summary and returns the exit status (1 below ``args.min_accuracy``)."""
     torch_logits = predict_torch(model, x_test)
     test_acc = float((torch_logits.argmax(1) == y_test).mean())
-    export(model, args.out, args.size)
+    export_fn(model, args.out, args.size)
     onnx_acc = verify_onnx(args.out, x_test, y_test, torch_logits, args.threads)
-    describe_head(args.out)
+    describe_head(args.out, last=head_nodes)
     blob = args.out.read_bytes()
     print(
         f"summary: test accuracy {test_acc:.4f} (onnx {onnx_acc:.4f}), "
