@@ -22,6 +22,7 @@ from ..quantus import quantus_npz
 from ..records import to_json
 from ..render import ensure_dir, write_atomic
 from ..render.evalreport import write_evaluation_report
+from ..render.files import check_replaceable
 from ..render.overlay import overlay
 from ..render.sheet import thumbnail, write_jpeg
 from ..result import version
@@ -180,6 +181,8 @@ def evaluate(
     """
     if quantus_file is not None and not quantus_file.name:  # checked before any pass runs
         raise click.BadParameter("needs a file name, e.g. maps.npz", param_hint="--quantus")
+    if quantus_file is not None:
+        check_replaceable(quantus_file)
     folder = out_path.parent if out_path.suffix == ".json" else out_path
     out_file = out_path if out_path.suffix == ".json" else out_path / "evaluation.json"
     if folder.exists() and not folder.is_dir():  # before any pass runs, not after the table

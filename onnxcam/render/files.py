@@ -16,7 +16,7 @@ from ..errors import OutputError
 from ..records import to_json
 from .overlay import Mark, emphasize, overlay, saliency_image
 
-__all__ = ["ensure_dir", "write_atomic", "write_explanation"]
+__all__ = ["check_replaceable", "ensure_dir", "write_atomic", "write_explanation"]
 
 
 def ensure_dir(path: Path) -> Path:
@@ -35,15 +35,25 @@ def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
         OutputError: ``path`` is there and is not a regular file (or a link): a device such
             as ``/dev/zero``, a FIFO or a folder is never replaced.
     """
+    check_replaceable(path)
+    Confined(path.parent).write(path.name, data)
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse a file to write that is there and is not a regular file (or a link): a device
+    such as ``/dev/zero``, a FIFO, a folder (call it before the work, so nothing is lost).
+
+    Raises:
+        OutputError: what is there, in one line.
+    """
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        mode = None
+        return
     except OSError as exc:
         raise OutputError(f"{path}: cannot be written ({exc.strerror})") from None
-    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
         raise OutputError(f"{path}: not a regular file; name a file to write")
-    Confined(path.parent).write(path.name, data)
 
 
 def _png(image: np.ndarray) -> Callable[[BinaryIO], None]:
