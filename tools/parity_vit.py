@@ -164,8 +164,10 @@ def reference(args: argparse.Namespace) -> None:
         result = tensor[:, prefix:, :].reshape(tensor.size(0), height, width, tensor.size(2))
         return result.transpose(2, 3).transpose(1, 2)
 
-    scorecam, scorecam_s = _scorecam(model, layer, x, target, reshape_transform)
-    np.save(out / "gradcam_scorecam.npy", scorecam)
+    scorecam_s = None
+    if not args.skip_scorecam:
+        scorecam, scorecam_s = _scorecam(model, layer, x, target, reshape_transform)
+        np.save(out / "gradcam_scorecam.npy", scorecam)
 
     t0 = time.perf_counter()
     cells = ovxai_vit_recipro(model, x, prefix=prefix, grid=grid)
@@ -192,7 +194,7 @@ def reference(args: argparse.Namespace) -> None:
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(
         f"{args.model} (seed {args.seed}): class {target}, prefix {prefix}, grid {grid}; "
-        f"ScoreCAM {scorecam_s:.2f} s; OpenVINO XAI-style ViT Recipro-CAM in torch "
+        f"ScoreCAM {scorecam_s or 0:.2f} s; OpenVINO XAI-style ViT Recipro-CAM in torch "
         f"{recipro_s:.2f} s; norm1 tensor {tensors['norm1']}, block input "
         f"{tensors['block_input']}; wrote {out}"
     )
@@ -377,6 +379,9 @@ def main() -> None:
     step.add_argument("--image", type=Path, default=ROOT / "examples" / "chelsea.png")
     step.add_argument("--target", type=int, default=None, help="class (default: the argmax)")
     step.add_argument("--threads", type=int, default=2)
+    step.add_argument(
+        "--skip-scorecam", action="store_true", help="no ScoreCAM (for timing a large model)"
+    )
     step = steps.add_parser("ovxai", help="OpenVINO XAI's ViTReciproCAM (its own venv)")
     step.add_argument("folder", type=Path)
     step.add_argument("--runs", type=int, default=20)
