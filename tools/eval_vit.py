@@ -10,14 +10,15 @@ Node choices (read from the graph, names are never used):
   a class-token head, so head-side methods see nothing change there;
 - ``final_norm``: the map the class token is taken from;
 - ``block_in``: the last block's input (before norm1);
-- ``patch_embed``: the first map on the grid (what ``auto`` picked before tokens were read).
+- ``patch_embed``: the patch embedding, the last grid map before the tokens (what ``auto``
+  picked before tokens were read).
 
 A hit when the map's maximum lies within ``--tolerance`` pixels of the object's box; energy:
 the share of the map's sum inside the box (against the box's share of the image).
 
 Example::
 
-    python tools/eval_vit.py --images 200 --json /tmp/vit_eval.json
+    python tools/eval_vit.py --images 200 --json vit_eval.json
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def node_choices(path: Path) -> dict[str, str]:
     tokens = [c for c in cands if isinstance(c.layout, TokenLayout) and c.layout.prefix]
     wide = [c for c in tokens if c.channels == auto.channels]
     above_head = [c for c in wide if c.index > auto.index]
-    choices = {"auto": auto.tensor, "patch_embed": cands[0].tensor}
+    first = min(c.index for c in tokens)
+    grids = [c for c in cands if not isinstance(c.layout, TokenLayout) and c.index < first]
+    choices = {"auto": auto.tensor, "patch_embed": grids[-1].tensor}
     if cut is not None:
         choices["block_in"] = cut[0].tensor
     adds = [c for c in above_head if c.op_type == "Add"]

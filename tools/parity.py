@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Parity check: onnxcam against pytorch-grad-cam and torchcam on the same weights and images.
 
+Vision transformers (Score-CAM with pytorch-grad-cam's ViT recipe, Recipro-CAM against
+OpenVINO XAI's ``ViTReciproCAM``) have their own steps in ``tools/parity_vit.py``.
+
 ``--method scorecam`` (default), ``ablation`` and ``eigencam`` run onnxcam with ``--compat
 grad-cam`` against pytorch-grad-cam's ``ScoreCAM``, ``AblationCAM`` and ``EigenCAM``; ``--method
 cam`` runs onnxcam with ``--compat torchcam`` against torchcam's ``CAM`` (needs ``torchcam``).

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Reference maps of the two peers on a vision transformer, for onnxcam's ViT parity checks.
 
-Three steps, in two virtual environments (OpenVINO XAI needs numpy < 2)::
+Four steps, in three virtual environments (OpenVINO XAI needs numpy < 2)::
 
     # torch venv (torch, timm, grad-cam, onnx, onnxruntime, opencv; onnxcam is read from the repo)
     python tools/parity_vit.py reference build/parity-vit --model deit
     # OpenVINO XAI's venv (pip install openvino-xai==1.1.0)
     python tools/parity_vit.py ovxai build/parity-vit --runs 20
-    # any venv with numpy; --onnxcam: onnxcam's maps of the same model and input
-    python tools/parity_vit.py compare build/parity-vit [--onnxcam-scorecam s.npy] \\
-        [--onnxcam-recipro r.npy]
+    # onnxcam's venv: onnxcam's maps of the same model and input, and its Recipro-CAM time
+    python tools/parity_vit.py onnxcam build/parity-vit
+    # any venv with numpy: Pearson r of every pair
+    python tools/parity_vit.py compare build/parity-vit
 
 ``reference`` builds the model of ``tools/export_transformers.py`` named ``--model`` (random
 weights from ``--seed``), exports it to ``model.onnx`` in the folder, resizes ``--image`` to
@@ -331,6 +332,39 @@ def ovxai(args: argparse.Namespace) -> None:
     )
 
 
+def ours(args: argparse.Namespace) -> None:
+    """onnxcam's maps of the same model and input (onnxcam's venv): ``onnxcam.npz`` with
+    ``scorecam`` (``--compat grad-cam`` at the auto node, 224×224), ``recipro_cells`` (the
+    ``--method recipro --compat openvino`` scores of each cell, feature resolution) and
+    ``recipro`` (224×224), and the median seconds of a Recipro-CAM call."""
+    import statistics
+
+    sys.path.insert(0, str(ROOT))
+    from onnxcam import Explainer
+    from onnxcam.methods.recipro import Recipro
+
+    folder: Path = args.folder
+    target = int(json.loads((folder / "meta.json").read_text())["class"])
+    x = np.load(folder / "input.npy")
+    model = folder / "model.onnx"
+    scorecam = Explainer(model, method="scorecam", compat="grad-cam", threads=args.threads)
+    score_map = scorecam.explain(tensor=x, target=target).targets[0].saliency_input
+    recipro = Explainer(model, method="recipro", options=Recipro.presets["openvino"],
+                        threads=args.threads)  # fmt: skip
+    fwd = recipro.forward(tensor=x)
+    cells = recipro.method_maps(fwd, recipro.bind(fwd, target), at="feature")[0].map
+    seconds = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        result = recipro.explain(tensor=x, target=target)
+        seconds.append(time.perf_counter() - start)
+    np.savez(folder / "onnxcam.npz", scorecam=score_map, recipro_cells=cells,
+             recipro=result.targets[0].saliency_input)  # fmt: skip
+    nodes = ",".join(c.tensor for c in recipro.candidates)
+    print(f"onnxcam: recipro --compat openvino at {nodes}: median "
+          f"{statistics.median(seconds) * 1000:.0f} ms of {args.runs}")  # fmt: skip
+
+
 def compare(args: argparse.Namespace) -> None:
     folder: Path = args.folder
     meta = json.loads((folder / "meta.json").read_text())
@@ -352,14 +386,20 @@ def compare(args: argparse.Namespace) -> None:
         print(
             f"class {target}; OpenVINO XAI raw cells vs torch (every class): max |diff| {diff:.3g}"
         )
-        if args.onnxcam_recipro is not None:
-            ours = np.load(args.onnxcam_recipro)
-            theirs = ov_maps["explained"] if ours.shape[-2:] != ov_cells.shape[-2:] else ov_cells
-            rows.append(("onnxcam recipro vs OpenVINO XAI", ours, theirs[target]))
-    if args.onnxcam_scorecam is not None:
+        if (folder / "onnxcam.npz").exists():
+            mine = np.load(folder / "onnxcam.npz")
+            rows += [
+                ("onnxcam recipro cells vs OpenVINO XAI raw cells", mine["recipro_cells"],
+                 ov_cells[target]),
+                ("onnxcam recipro cells vs the prefix-aware re-implementation",
+                 mine["recipro_cells"], torch_cells["cells_prefix_aware"][target]),
+                ("onnxcam recipro map vs OpenVINO XAI's explained map", mine["recipro"],
+                 ov_maps["explained"]),
+            ]  # fmt: skip
+    if (folder / "onnxcam.npz").exists() and (folder / "gradcam_scorecam.npy").exists():
         rows.append(
-            ("onnxcam scorecam vs pytorch-grad-cam ScoreCAM", np.load(args.onnxcam_scorecam),
-             np.load(folder / "gradcam_scorecam.npy")),
+            ("onnxcam scorecam vs pytorch-grad-cam ScoreCAM", np.load(folder / "onnxcam.npz")[
+                "scorecam"], np.load(folder / "gradcam_scorecam.npy")),
         )  # fmt: skip
     for label, a, b in rows:
         print(f"{label}: Pearson r {pearson(a, b):.6f}")
@@ -387,10 +427,12 @@ def main() -> None:
     step.add_argument("--runs", type=int, default=20)
     step = steps.add_parser("compare", help="Pearson r of the saved maps (any venv)")
     step.add_argument("folder", type=Path)
-    step.add_argument("--onnxcam-scorecam", type=Path, help="onnxcam's Score-CAM map (.npy)")
-    step.add_argument("--onnxcam-recipro", type=Path, help="onnxcam's Recipro-CAM map (.npy)")
+    step = steps.add_parser("onnxcam", help="onnxcam's maps and Recipro-CAM time (its venv)")
+    step.add_argument("folder", type=Path)
+    step.add_argument("--runs", type=int, default=7)
+    step.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    {"reference": reference, "ovxai": ovxai, "compare": compare}[args.step](args)
+    {"reference": reference, "ovxai": ovxai, "onnxcam": ours, "compare": compare}[args.step](args)
 
 
 if __name__ == "__main__":
