@@ -127,7 +127,7 @@ def test_every_method_on_every_token_layout(
     assert maps[0].shape == photo.shape[:2]
     assert np.isfinite(maps[0]).all()
     assert maps[0].min() >= 0.0 and maps[0].max() <= 1.0
-    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
+    np.testing.assert_array_equal(maps[0], maps[1])
 
 
 def test_head_methods_keep_the_class_token_clean(paths: dict[str, Path], photo: np.ndarray) -> None:

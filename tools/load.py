@@ -4,7 +4,7 @@ batching against one request at a time, whether budgeted answers come within the
 one batch, their fidelity (estimate and true r against the exact map), and the cost of the
 predictor hop (a second server serving the ``--expose`` model) per masked pass.
 
-    python tools/bench_serve.py [--model models/efficientnet_lite0.onnx] [--runs 3]
+    python tools/load.py [--model models/efficientnet_lite0.onnx] [--runs 3]
         [--clients 1,4,16] [--requests 16] [--compare-clients 4] [--time-limit 600]
         [--threads N]
 
