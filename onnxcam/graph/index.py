@@ -267,11 +267,6 @@ class GraphIndex:
         return one
 
     @property
-    def grids(self) -> dict[str, tuple[Dim, Dim]]:
-        """The image grid (h, w) of every tensor that has a :attr:`places` entry."""
-        return {name: place.grid for name, place in self.places.items()}
-
-    @property
     def input_copies(self) -> set[str]:
         """The image input and what only rearranges, retypes or rescales it with constants
         (a Transpose to NCHW, a Cast, ``x * 1/255 - mean``): not feature maps."""
